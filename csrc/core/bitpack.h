@@ -1,0 +1,28 @@
+// Fused binarisation (paper Eq. 15) and bit packing.
+//
+// Bit layout (shared by every backend): channel c of a pixel lives in word c / 32, bit c % 32;
+// bit 1 means -1 and bit 0 means +1; the unused high bits of the last word are 0.
+// Activations are packed channels-last: (N, H, W, words) with words = ceil(C / 32).
+// Rule: +1 if x > threshold else -1 (so x == threshold and NaN give -1).
+#pragma once
+
+#include <cstdint>
+
+namespace hidiff::core {
+
+inline int64_t packed_words(int64_t channels) { return (channels + 31) / 32; }
+
+// Packs rows [row_begin, row_end) of an NCHW float tensor, a row being one (n, h) pair.
+//   x:          (N, C, H, W) contiguous float32
+//   threshold:  nullptr (threshold 0) or per-(n, c) values at threshold[n * threshold_stride_n + c]
+//               (threshold_stride_n = 0 for a per-channel threshold shared by the batch)
+//   out:        (N, H, W, words) int32, fully written for the rows in range
+void binarize_pack_nchw(const float* x, const float* threshold, int64_t threshold_stride_n, int64_t N,
+                        int64_t C, int64_t H, int64_t W, uint32_t* out, int64_t row_begin, int64_t row_end);
+
+// Same contract for a channels-last float tensor (memory order N, H, W, C); a row is one pixel.
+void binarize_pack_nhwc(const float* x, const float* threshold, int64_t threshold_stride_n, int64_t N,
+                        int64_t C, int64_t H, int64_t W, uint32_t* out, int64_t pixel_begin,
+                        int64_t pixel_end);
+
+}  // namespace hidiff::core

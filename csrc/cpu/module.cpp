@@ -1,0 +1,47 @@
+// The Python module hidiff_kernels._C: loading it registers the CPU kernels (ops_cpu.cpp); these
+// functions report and select the popcount instruction set.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <map>
+#include <stdexcept>
+#include <string>
+
+#include "../core/cpu_features.h"
+
+namespace py = pybind11;
+using namespace hidiff::core;
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "Compiled kernels of hidiff_kernels (CPU popcount paths and their selection).";
+  m.def(
+      "cpu_features",
+      [] {
+        const CpuFeatures& f = cpu_features();
+        return std::map<std::string, bool>{{"popcnt", f.popcnt},
+                                           {"avx2", f.avx2},
+                                           {"avx512f", f.avx512f},
+                                           {"avx512bw", f.avx512bw},
+                                           {"avx512vpopcntdq", f.avx512vpopcntdq}};
+      },
+      "CPU features detected at load time.");
+  m.def(
+      "supported_isas",
+      [] {
+        py::list names;
+        for (Isa isa : {Isa::Portable, Isa::Avx2, Isa::Avx512})
+          if (isa_supported(isa)) names.append(isa_name(isa));
+        return names;
+      },
+      "Popcount paths this CPU can run, weakest first.");
+  m.def("active_isa", [] { return std::string(isa_name(active_isa())); }, "Popcount path used now.");
+  m.def(
+      "set_isa",
+      [](const std::string& name) {
+        Isa isa;
+        if (!parse_isa(name, &isa))
+          throw py::value_error("isa must be one of 'portable', 'avx2', 'avx512', got '" + name + "'");
+        if (!set_active_isa(isa)) throw py::value_error("isa '" + name + "' is not supported by this CPU");
+      },
+      py::arg("isa"), "Forces a popcount path (for tests and benchmarks).");
+}

@@ -1,0 +1,173 @@
+// ATen glue: argument checks, memory layout and threading around the torch-free kernels of
+// csrc/core, registered as the CPU kernels of the hidiff:: ops (schemas live in
+// hidiff_kernels/ops.py).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <optional>
+
+#include "../core/binary_conv.h"
+#include "../core/bitpack.h"
+#include "../core/time_activation.h"
+
+namespace hidiff {
+namespace {
+
+using core::packed_words;
+
+const uint32_t* words_of(const at::Tensor& t) { return reinterpret_cast<const uint32_t*>(t.data_ptr<int32_t>()); }
+
+void check_cpu(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(t.device().is_cpu(), name, " must be a CPU tensor for this kernel, got device ", t.device());
+}
+
+void check_packed(const at::Tensor& t, const char* name, const char* layout) {
+  check_cpu(t, name);
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kInt, name, " must be int32 packed bits, got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.dim() == 4, name, " must be 4-D ", layout, ", got shape ", t.sizes());
+}
+
+// Returns the threshold as contiguous float32 and the stride between samples (0 if shared).
+std::pair<std::optional<at::Tensor>, int64_t> prepare_threshold(const std::optional<at::Tensor>& threshold,
+                                                                int64_t N, int64_t C) {
+  if (!threshold.has_value()) return {std::nullopt, 0};
+  const at::Tensor& t = *threshold;
+  check_cpu(t, "threshold");
+  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), "threshold must be a floating tensor, got ",
+                   t.scalar_type());
+  const bool per_channel = t.dim() == 1 && t.size(0) == C;
+  const bool per_sample = t.dim() == 2 && t.size(0) == N && t.size(1) == C;
+  TORCH_CHECK_VALUE(per_channel || per_sample, "threshold must have shape (C,) = (", C, ",) or (N, C) = (", N, ", ",
+                    C, "), got ", t.sizes());
+  return {t.to(at::kFloat).contiguous(), per_sample ? C : 0};
+}
+
+at::Tensor binarize_pack_cpu(const at::Tensor& x, const std::optional<at::Tensor>& threshold) {
+  check_cpu(x, "x");
+  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), "x must be a floating tensor, got ", x.scalar_type());
+  TORCH_CHECK_VALUE(x.dim() == 4, "x must be 4-D (N, C, H, W), got shape ", x.sizes());
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  TORCH_CHECK_VALUE(C > 0, "x must have at least one channel, got shape ", x.sizes());
+  auto [thr, thr_stride] = prepare_threshold(threshold, N, C);
+  const float* thr_ptr = thr ? thr->data_ptr<float>() : nullptr;
+
+  at::Tensor out = at::empty({N, H, W, packed_words(C)}, x.options().dtype(at::kInt));
+  uint32_t* dst = reinterpret_cast<uint32_t*>(out.data_ptr<int32_t>());
+  // Channels-last input is packed straight from its memory order; anything else goes through NCHW.
+  const bool channels_last = x.is_contiguous(at::MemoryFormat::ChannelsLast) && !x.is_contiguous();
+  const at::Tensor xf = x.to(at::kFloat).contiguous(channels_last ? at::MemoryFormat::ChannelsLast
+                                                                    : at::MemoryFormat::Contiguous);
+  const float* src = xf.data_ptr<float>();
+  if (channels_last) {
+    at::parallel_for(0, N * H * W, 1024, [&](int64_t begin, int64_t end) {
+      core::binarize_pack_nhwc(src, thr_ptr, thr_stride, N, C, H, W, dst, begin, end);
+    });
+  } else {
+    at::parallel_for(0, N * H, 1, [&](int64_t begin, int64_t end) {
+      core::binarize_pack_nchw(src, thr_ptr, thr_stride, N, C, H, W, dst, begin, end);
+    });
+  }
+  return out;
+}
+
+at::Tensor pack_weight_cpu(const at::Tensor& w) {
+  check_cpu(w, "w");
+  TORCH_CHECK_TYPE(at::isFloatingType(w.scalar_type()), "w must be a floating tensor, got ", w.scalar_type());
+  TORCH_CHECK_VALUE(w.dim() == 4, "w must be 4-D (O, I, KH, KW), got shape ", w.sizes());
+  TORCH_CHECK_VALUE(w.size(1) > 0, "w must have at least one input channel, got shape ", w.sizes());
+  // (O, I, KH, KW) has the memory order of an NCHW batch, and (O, KH, KW, words) is its packing.
+  return binarize_pack_cpu(w.contiguous(), std::nullopt);
+}
+
+std::optional<at::Tensor> prepare_affine(const std::optional<at::Tensor>& t, const char* name, int64_t O) {
+  if (!t.has_value()) return std::nullopt;
+  check_cpu(*t, name);
+  TORCH_CHECK_TYPE(at::isFloatingType(t->scalar_type()), name, " must be a floating tensor, got ", t->scalar_type());
+  TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == O, name, " must have shape (O,) = (", O, ",), got ", t->sizes());
+  return t->to(at::kFloat).contiguous();
+}
+
+at::Tensor binary_conv2d_cpu(const at::Tensor& x_packed, const at::Tensor& w_packed, int64_t in_channels,
+                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                             const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& bias) {
+  check_packed(x_packed, "x_packed", "(N, H, W, words)");
+  check_packed(w_packed, "w_packed", "(O, KH, KW, words)");
+  TORCH_CHECK_VALUE(in_channels > 0, "in_channels must be positive, got ", in_channels);
+  const int64_t words = packed_words(in_channels);
+  TORCH_CHECK_VALUE(x_packed.size(3) == words, "x_packed has ", x_packed.size(3), " words per pixel but in_channels=",
+                    in_channels, " needs ", words);
+  TORCH_CHECK_VALUE(w_packed.size(3) == words, "w_packed has ", w_packed.size(3), " words per tap but in_channels=",
+                    in_channels, " needs ", words);
+  TORCH_CHECK_VALUE(stride.size() == 2 && stride[0] > 0 && stride[1] > 0, "stride must be two positive ints, got ",
+                    stride);
+  TORCH_CHECK_VALUE(padding.size() == 2 && padding[0] >= 0 && padding[1] >= 0,
+                    "padding must be two non-negative ints, got ", padding);
+  TORCH_CHECK_VALUE(dilation.size() == 2 && dilation[0] > 0 && dilation[1] > 0,
+                    "dilation must be two positive ints, got ", dilation);
+  TORCH_CHECK_VALUE(w_packed.size(1) > 0 && w_packed.size(2) > 0, "w_packed must have a non-empty kernel, got shape ",
+                    w_packed.sizes());
+
+  core::ConvShape s{x_packed.size(0), x_packed.size(1), x_packed.size(2), in_channels, w_packed.size(0),
+                    w_packed.size(1), w_packed.size(2), stride[0], stride[1], padding[0], padding[1],
+                    dilation[0], dilation[1]};
+  TORCH_CHECK_VALUE(s.out_h() > 0 && s.out_w() > 0, "binary_conv2d output would be empty: input ", s.H, "x", s.W,
+                    ", kernel ", s.KH, "x", s.KW, ", padding ", padding, ", dilation ", dilation);
+  const auto scale_f = prepare_affine(scale, "scale", s.O);
+  const auto bias_f = prepare_affine(bias, "bias", s.O);
+
+  const at::Tensor x = x_packed.contiguous();
+  const at::Tensor w = w_packed.contiguous();
+  at::Tensor out = at::empty({s.N, s.O, s.out_h(), s.out_w()}, x.options().dtype(at::kFloat));
+  if (out.numel() == 0) return out;
+  const float* scale_ptr = scale_f ? scale_f->data_ptr<float>() : nullptr;
+  const float* bias_ptr = bias_f ? bias_f->data_ptr<float>() : nullptr;
+  float* out_ptr = out.data_ptr<float>();
+  at::parallel_for(0, core::binary_conv2d_num_tiles(s), 1, [&](int64_t begin, int64_t end) {
+    core::binary_conv2d_tiles(s, words_of(x), words_of(w), scale_ptr, bias_ptr, out_ptr, begin, end);
+  });
+  return out;
+}
+
+at::Tensor time_activation_cpu(const at::Tensor& u, const at::Tensor& gamma, const at::Tensor& zeta,
+                               const at::Tensor& beta) {
+  check_cpu(u, "u");
+  check_cpu(gamma, "gamma");
+  check_cpu(zeta, "zeta");
+  check_cpu(beta, "beta");
+  TORCH_CHECK_TYPE(at::isFloatingType(u.scalar_type()), "u must be a floating tensor, got ", u.scalar_type());
+  TORCH_CHECK_VALUE(u.dim() >= 2, "u must be (N, C, ...) with at least 2 dims, got shape ", u.sizes());
+  const int64_t N = u.size(0), C = u.size(1);
+  TORCH_CHECK_VALUE(gamma.dim() == 2 && gamma.size(0) == N && gamma.size(1) == C, "gamma must have shape (N, C) = (",
+                    N, ", ", C, "), got ", gamma.sizes());
+  TORCH_CHECK_VALUE(zeta.dim() == 2 && zeta.size(0) == N && zeta.size(1) == C, "zeta must have shape (N, C) = (", N,
+                    ", ", C, "), got ", zeta.sizes());
+  TORCH_CHECK_VALUE(beta.dim() == 1 && beta.size(0) == C, "beta must have shape (C,) = (", C, ",), got ",
+                    beta.sizes());
+  // Half-precision inputs are computed in float32 and returned in their own dtype.
+  const at::ScalarType compute = u.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::Tensor uc = u.to(compute).contiguous();
+  const at::Tensor g = gamma.to(compute).contiguous();
+  const at::Tensor z = zeta.to(compute).contiguous();
+  const at::Tensor b = beta.to(compute).contiguous();
+  at::Tensor out = at::empty_like(uc, at::MemoryFormat::Contiguous);
+  const int64_t inner = N * C > 0 ? uc.numel() / (N * C) : 0;
+  AT_DISPATCH_FLOATING_TYPES(compute, "time_activation", [&] {
+    const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(inner, 1));
+    at::parallel_for(0, N * C, grain, [&](int64_t begin, int64_t end) {
+      core::time_activation_rows<scalar_t>(uc.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), z.data_ptr<scalar_t>(),
+                                           b.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), C, inner, begin, end);
+    });
+  });
+  return out.to(u.scalar_type());
+}
+
+}  // namespace
+}  // namespace hidiff
+
+TORCH_LIBRARY_IMPL(hidiff, CPU, m) {
+  m.impl("binarize_pack", &hidiff::binarize_pack_cpu);
+  m.impl("pack_weight", &hidiff::pack_weight_cpu);
+  m.impl("binary_conv2d", &hidiff::binary_conv2d_cpu);
+  m.impl("time_activation", &hidiff::time_activation_cpu);
+}

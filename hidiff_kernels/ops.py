@@ -1,0 +1,378 @@
+"""The ``hidiff::`` torch ops: schemas, argument checks, fake kernels, autograd and wrappers.
+
+Kernels are registered elsewhere: the compiled CPU kernels by ``hidiff_kernels._C``
+(``TORCH_LIBRARY_IMPL(hidiff, CPU, ...)``), and :mod:`hidiff_kernels.reference` for every
+backend left without one (:func:`register_reference_fallbacks`).
+
+The checks here run in fake kernels (``torch.compile``, meta tensors) and in the reference
+kernels; the compiled kernels repeat them in C++ because they guard raw memory accesses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from . import reference
+
+NAMESPACE = "hidiff"
+
+SCHEMAS = {
+    "binarize_pack": "(Tensor x, Tensor? threshold=None) -> Tensor",
+    "pack_weight": "(Tensor w) -> Tensor",
+    "binary_conv2d": (
+        "(Tensor x_packed, Tensor w_packed, int in_channels, int[2] stride=1, int[2] padding=0, "
+        "int[2] dilation=1, Tensor? scale=None, Tensor? bias=None) -> Tensor"
+    ),
+    "time_activation": "(Tensor u, Tensor gamma, Tensor zeta, Tensor beta) -> Tensor",
+}
+
+_LIBRARY = torch.library.Library(NAMESPACE, "DEF")
+for _name, _schema in SCHEMAS.items():
+    _LIBRARY.define(_name + _schema)
+
+# Which implementation serves each (op, dispatch key) when it is not the compiled one.
+FALLBACK_KERNELS: dict[tuple[str, str], str] = {}
+
+IntPair = int | Sequence[int]
+
+
+# --- argument checks -------------------------------------------------------------------------
+
+
+def _check_floating(t: Tensor, name: str) -> None:
+    if not t.dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating tensor, got {t.dtype}")
+
+
+def _check_same_device(t: Tensor, name: str, like: Tensor, like_name: str) -> None:
+    if t.device != like.device:
+        raise ValueError(f"{name} must be on the device of {like_name} ({like.device}), got {t.device}")
+
+
+def check_binarize_pack_args(x: Tensor, threshold: Tensor | None) -> None:
+    _check_floating(x, "x")
+    if x.dim() != 4:
+        raise ValueError(f"x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
+    n, c = x.shape[0], x.shape[1]
+    if c == 0:
+        raise ValueError(f"x must have at least one channel, got shape {tuple(x.shape)}")
+    if threshold is None:
+        return
+    _check_floating(threshold, "threshold")
+    _check_same_device(threshold, "threshold", x, "x")
+    per_channel = threshold.dim() == 1 and threshold.shape[0] == c
+    per_sample = threshold.dim() == 2 and threshold.shape[0] == n and threshold.shape[1] == c
+    if not (per_channel or per_sample):
+        raise ValueError(
+            f"threshold must have shape (C,) = ({c},) or (N, C) = ({n}, {c}), got {tuple(threshold.shape)}"
+        )
+
+
+def check_pack_weight_args(w: Tensor) -> None:
+    _check_floating(w, "w")
+    if w.dim() != 4:
+        raise ValueError(f"w must be 4-D (O, I, KH, KW), got shape {tuple(w.shape)}")
+    if w.shape[1] == 0:
+        raise ValueError(f"w must have at least one input channel, got shape {tuple(w.shape)}")
+
+
+def _check_packed(t: Tensor, name: str, layout: str) -> None:
+    if t.dtype != torch.int32:
+        raise TypeError(f"{name} must be int32 packed bits, got {t.dtype}")
+    if t.dim() != 4:
+        raise ValueError(f"{name} must be 4-D {layout}, got shape {tuple(t.shape)}")
+
+
+def _check_affine(t: Tensor | None, name: str, out_channels: int, like: Tensor) -> None:
+    if t is None:
+        return
+    _check_floating(t, name)
+    _check_same_device(t, name, like, "x_packed")
+    if t.dim() != 1 or t.shape[0] != out_channels:
+        raise ValueError(f"{name} must have shape (O,) = ({out_channels},), got {tuple(t.shape)}")
+
+
+def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    """Output length of a convolution along one axis (``nn.Conv2d`` formula)."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def check_binary_conv2d_args(
+    x_packed: Tensor,
+    w_packed: Tensor,
+    in_channels: int,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    scale: Tensor | None,
+    bias: Tensor | None,
+) -> tuple[int, int, int, int]:
+    """Validates the arguments of ``binary_conv2d`` and returns the output shape (N, O, Ho, Wo)."""
+    _check_packed(x_packed, "x_packed", "(N, H, W, words)")
+    _check_packed(w_packed, "w_packed", "(O, KH, KW, words)")
+    _check_same_device(w_packed, "w_packed", x_packed, "x_packed")
+    if in_channels <= 0:
+        raise ValueError(f"in_channels must be positive, got {in_channels}")
+    words = reference.packed_words(in_channels)
+    if x_packed.shape[3] != words:
+        raise ValueError(
+            f"x_packed has {x_packed.shape[3]} words per pixel but in_channels={in_channels} needs {words}"
+        )
+    if w_packed.shape[3] != words:
+        raise ValueError(f"w_packed has {w_packed.shape[3]} words per tap but in_channels={in_channels} needs {words}")
+    if len(stride) != 2 or min(stride) <= 0:
+        raise ValueError(f"stride must be two positive ints, got {list(stride)}")
+    if len(padding) != 2 or min(padding) < 0:
+        raise ValueError(f"padding must be two non-negative ints, got {list(padding)}")
+    if len(dilation) != 2 or min(dilation) <= 0:
+        raise ValueError(f"dilation must be two positive ints, got {list(dilation)}")
+    n, h, w = x_packed.shape[0], x_packed.shape[1], x_packed.shape[2]
+    o, kh, kw = w_packed.shape[0], w_packed.shape[1], w_packed.shape[2]
+    if kh == 0 or kw == 0:
+        raise ValueError(f"w_packed must have a non-empty kernel, got shape {tuple(w_packed.shape)}")
+    ho = conv_output_size(h, kh, stride[0], padding[0], dilation[0])
+    wo = conv_output_size(w, kw, stride[1], padding[1], dilation[1])
+    if ho <= 0 or wo <= 0:
+        raise ValueError(
+            f"binary_conv2d output would be empty: input {h}x{w}, kernel {kh}x{kw}, "
+            f"padding {list(padding)}, dilation {list(dilation)}"
+        )
+    _check_affine(scale, "scale", o, x_packed)
+    _check_affine(bias, "bias", o, x_packed)
+    return n, o, ho, wo
+
+
+def check_time_activation_args(u: Tensor, gamma: Tensor, zeta: Tensor, beta: Tensor) -> None:
+    _check_floating(u, "u")
+    if u.dim() < 2:
+        raise ValueError(f"u must be (N, C, ...) with at least 2 dims, got shape {tuple(u.shape)}")
+    n, c = u.shape[0], u.shape[1]
+    for name, t in (("gamma", gamma), ("zeta", zeta)):
+        _check_floating(t, name)
+        _check_same_device(t, name, u, "u")
+        if t.dim() != 2 or t.shape[0] != n or t.shape[1] != c:
+            raise ValueError(f"{name} must have shape (N, C) = ({n}, {c}), got {tuple(t.shape)}")
+    _check_floating(beta, "beta")
+    _check_same_device(beta, "beta", u, "u")
+    if beta.dim() != 1 or beta.shape[0] != c:
+        raise ValueError(f"beta must have shape (C,) = ({c},), got {tuple(beta.shape)}")
+
+
+# --- fake kernels ----------------------------------------------------------------------------
+
+
+@torch.library.register_fake(f"{NAMESPACE}::binarize_pack")
+def _binarize_pack_fake(x: Tensor, threshold: Tensor | None = None) -> Tensor:
+    check_binarize_pack_args(x, threshold)
+    n, c, h, w = x.shape
+    return x.new_empty((n, h, w, reference.packed_words(c)), dtype=torch.int32)
+
+
+@torch.library.register_fake(f"{NAMESPACE}::pack_weight")
+def _pack_weight_fake(w: Tensor) -> Tensor:
+    check_pack_weight_args(w)
+    o, i, kh, kw = w.shape
+    return w.new_empty((o, kh, kw, reference.packed_words(i)), dtype=torch.int32)
+
+
+@torch.library.register_fake(f"{NAMESPACE}::binary_conv2d")
+def _binary_conv2d_fake(x_packed, w_packed, in_channels, stride, padding, dilation, scale=None, bias=None):
+    shape = check_binary_conv2d_args(x_packed, w_packed, in_channels, stride, padding, dilation, scale, bias)
+    return x_packed.new_empty(shape, dtype=torch.float32)
+
+
+@torch.library.register_fake(f"{NAMESPACE}::time_activation")
+def _time_activation_fake(u: Tensor, gamma: Tensor, zeta: Tensor, beta: Tensor) -> Tensor:
+    check_time_activation_args(u, gamma, zeta, beta)
+    return torch.empty_like(u, memory_format=torch.contiguous_format)
+
+
+# --- autograd --------------------------------------------------------------------------------
+
+
+def _time_activation_setup(ctx, inputs, output) -> None:
+    u, gamma, zeta, beta = inputs
+    ctx.save_for_backward(u, gamma, beta)
+
+
+def _time_activation_backward(ctx, grad: Tensor):
+    u, gamma, beta = ctx.saved_tensors
+    extra = (1,) * (u.dim() - 2)
+    g = gamma.reshape(*gamma.shape, *extra)
+    above = u > g
+    slope = torch.where(above, torch.ones_like(u), beta.reshape(1, -1, *extra).to(u.dtype))
+    spatial = tuple(range(2, u.dim()))
+    grad_u = grad * slope
+    grad_gamma = -grad_u.sum(spatial) if spatial else -grad_u
+    grad_zeta = grad.sum(spatial) if spatial else grad
+    below_part = torch.where(above, torch.zeros_like(u), u - g)
+    grad_beta = (grad * below_part).sum((0, *spatial))
+    return grad_u, grad_gamma.to(gamma.dtype), grad_zeta.to(gamma.dtype), grad_beta.to(beta.dtype)
+
+
+torch.library.register_autograd(
+    f"{NAMESPACE}::time_activation", _time_activation_backward, setup_context=_time_activation_setup
+)
+
+
+def _binary_conv2d_setup(ctx, inputs, output) -> None:
+    x_packed, w_packed, in_channels, stride, padding, dilation, scale, bias = inputs
+    ctx.conv_args = (in_channels, stride, padding, dilation)
+    ctx.has_scale = scale is not None
+    ctx.has_bias = bias is not None
+    ctx.save_for_backward(x_packed, w_packed, scale)
+
+
+def _binary_conv2d_backward(ctx, grad: Tensor):
+    # Packed bits are not differentiable; the per-channel affine of the epilogue is.
+    x_packed, w_packed, scale = ctx.saved_tensors
+    grad_scale = grad_bias = None
+    if ctx.has_scale and ctx.needs_input_grad[6]:
+        count = torch.ops.hidiff.binary_conv2d(x_packed, w_packed, *ctx.conv_args, None, None)
+        grad_scale = (grad * count).sum((0, 2, 3)).to(scale.dtype)
+    if ctx.has_bias and ctx.needs_input_grad[7]:
+        grad_bias = grad.sum((0, 2, 3))
+    return None, None, None, None, None, None, grad_scale, grad_bias
+
+
+torch.library.register_autograd(
+    f"{NAMESPACE}::binary_conv2d", _binary_conv2d_backward, setup_context=_binary_conv2d_setup
+)
+
+
+# --- reference kernels for backends without a compiled one ----------------------------------
+
+
+def _reference_binarize_pack(x: Tensor, threshold: Tensor | None = None) -> Tensor:
+    check_binarize_pack_args(x, threshold)
+    return reference.binarize_pack(x, threshold)
+
+
+def _reference_pack_weight(w: Tensor) -> Tensor:
+    check_pack_weight_args(w)
+    return reference.pack_weight(w)
+
+
+def _reference_binary_conv2d(x_packed, w_packed, in_channels, stride, padding, dilation, scale=None, bias=None):
+    check_binary_conv2d_args(x_packed, w_packed, in_channels, stride, padding, dilation, scale, bias)
+    return reference.binary_conv2d(x_packed, w_packed, in_channels, stride, padding, dilation, scale, bias)
+
+
+def _reference_time_activation(u: Tensor, gamma: Tensor, zeta: Tensor, beta: Tensor) -> Tensor:
+    check_time_activation_args(u, gamma, zeta, beta)
+    return reference.time_activation(u, gamma, zeta, beta)
+
+
+_REFERENCE_KERNELS = {
+    "binarize_pack": _reference_binarize_pack,
+    "pack_weight": _reference_pack_weight,
+    "binary_conv2d": _reference_binary_conv2d,
+    "time_activation": _reference_time_activation,
+}
+
+BACKENDS = ("CPU", "CUDA")
+
+
+def has_kernel(op_name: str, dispatch_key: str) -> bool:
+    """Whether ``hidiff::op_name`` has a kernel for ``dispatch_key`` (compiled or reference)."""
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"{NAMESPACE}::{op_name}", dispatch_key)
+
+
+def register_reference_fallbacks() -> None:
+    """Registers the reference implementation for every (op, backend) without a kernel."""
+    for name, kernel in _REFERENCE_KERNELS.items():
+        for key in BACKENDS:
+            if not has_kernel(name, key):
+                _LIBRARY.impl(name, kernel, key)
+                FALLBACK_KERNELS[(name, key)] = "reference"
+
+
+# --- public wrappers -------------------------------------------------------------------------
+
+
+def _pair(value: IntPair, name: str) -> list[int]:
+    if isinstance(value, int):
+        return [value, value]
+    pair = list(value)
+    if len(pair) != 2 or not all(isinstance(v, int) for v in pair):
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    return pair
+
+
+def binarize_pack(x: Tensor, threshold: Tensor | None = None) -> Tensor:
+    """Fused time-dependent binarisation (TB, paper Eq. 15), sign and bit packing.
+
+    Args:
+        x: float tensor ``(N, C, H, W)`` (any floating dtype; NCHW or channels-last memory).
+        threshold: None (threshold 0), ``(C,)`` or ``(N, C)`` floating tensor.
+
+    Returns:
+        int32 ``(N, H, W, ceil(C/32))``: bit ``c % 32`` of word ``c // 32`` is 1 where
+        ``x[n, c, h, w] <= threshold`` (value -1) and 0 where it is greater (+1); pad bits 0.
+    """
+    return torch.ops.hidiff.binarize_pack(x, threshold)
+
+
+def pack_weight(w: Tensor) -> Tensor:
+    """Packs convolution weights: float ``(O, I, KH, KW)`` -> int32 ``(O, KH, KW, ceil(I/32))``.
+
+    Same bit rule as :func:`binarize_pack` with threshold 0 (``w > 0`` is +1).
+    """
+    return torch.ops.hidiff.pack_weight(w)
+
+
+def binary_conv2d(
+    x_packed: Tensor,
+    w_packed: Tensor,
+    in_channels: int,
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    dilation: IntPair = 1,
+    scale: Tensor | None = None,
+    bias: Tensor | None = None,
+) -> Tensor:
+    """XNOR-popcount convolution of packed +-1 tensors with exact zero padding.
+
+    Equals ``F.conv2d(sign(x), sign(w), stride=stride, padding=padding, dilation=dilation)`` with
+    padded taps contributing 0, computed in exact integer arithmetic, then ``* scale + bias``.
+
+    Args:
+        x_packed: int32 ``(N, H, W, ceil(in_channels/32))`` from :func:`binarize_pack`.
+        w_packed: int32 ``(O, KH, KW, ceil(in_channels/32))`` from :func:`pack_weight`.
+        in_channels: logical input channel count (the packed words do not carry it).
+        stride, padding, dilation: int or pair of ints, as in ``nn.Conv2d``.
+        scale: optional float ``(O,)`` per-output-channel multiplier (e.g. alpha = mean|W|).
+        bias: optional float ``(O,)`` added after the scale.
+
+    Returns:
+        float32 ``(N, O, Ho, Wo)``, contiguous NCHW.
+    """
+    return torch.ops.hidiff.binary_conv2d(
+        x_packed,
+        w_packed,
+        in_channels,
+        _pair(stride, "stride"),
+        _pair(padding, "padding"),
+        _pair(dilation, "dilation"),
+        scale,
+        bias,
+    )
+
+
+def time_activation(u: Tensor, gamma: Tensor, zeta: Tensor, beta: Tensor) -> Tensor:
+    """Fused time-dependent activation TA (paper Eq. 16), differentiable in all inputs.
+
+    ``TA(u) = u - gamma + zeta`` where ``u > gamma``, else ``beta * (u - gamma) + zeta``.
+
+    Args:
+        u: float ``(N, C, ...)``.
+        gamma, zeta: float ``(N, C)`` per-sample, per-channel shifts (from the time embedding).
+        beta: float ``(C,)`` slope below the threshold.
+
+    Returns:
+        Tensor of u's shape and dtype (contiguous).
+    """
+    return torch.ops.hidiff.time_activation(u, gamma, zeta, beta)

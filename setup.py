@@ -1,0 +1,76 @@
+"""Build of the compiled extension hidiff_kernels._C.
+
+The CPU kernels are always built; one binary carries the portable, AVX2 and AVX-512 paths and
+picks one from the CPU at load time. CUDA sources (csrc/cuda) are added when torch was built with
+CUDA and a toolkit with cuda_runtime.h is found, or when HIDIFF_BUILD_CUDA=1; HIDIFF_BUILD_CUDA=0
+skips them. Availability of a GPU on the build machine never decides this.
+
+Install with `pip install --no-build-isolation .` so the extension is built against the torch
+that is already installed (build isolation would fetch another one).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+
+import torch
+from setuptools import setup
+from torch.utils import cpp_extension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _sources(pattern: str) -> list[str]:
+    # Relative paths: setuptools rejects absolute source paths in an editable install.
+    return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+
+
+def _cuda_home() -> str | None:
+    """Toolkit root: CUDA_HOME, else the directory of the real nvcc (PATH may hold a wrapper)."""
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if not home:
+        nvcc = shutil.which("nvcc")
+        if nvcc:
+            home = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+            if not os.path.exists(os.path.join(home, "include", "cuda_runtime.h")):
+                # A wrapper script: ask it where the compiler really lives.
+                for candidate in sorted(glob.glob("/usr/local/cuda*"), reverse=True):
+                    if os.path.exists(os.path.join(candidate, "include", "cuda_runtime.h")):
+                        home = candidate
+                        break
+    if home and os.path.exists(os.path.join(home, "include", "cuda_runtime.h")):
+        return home
+    return None
+
+
+def _build_cuda() -> bool:
+    flag = os.environ.get("HIDIFF_BUILD_CUDA")
+    if flag == "0":
+        return False
+    cuda_sources = _sources("csrc/cuda/*.cu")
+    if not cuda_sources:
+        return False
+    if flag == "1":
+        return True
+    return torch.version.cuda is not None and _cuda_home() is not None
+
+
+def _extension() -> cpp_extension.CppExtension:
+    sources = _sources("csrc/core/*.cpp") + _sources("csrc/cpu/*.cpp")
+    cxx_flags = ["-O3", "-std=c++17", "-ffp-contract=off", "-fvisibility=hidden"]
+    if _build_cuda():
+        os.environ.setdefault("CUDA_HOME", _cuda_home() or "")
+        return cpp_extension.CUDAExtension(
+            "hidiff_kernels._C",
+            sources + _sources("csrc/cuda/*.cu") + _sources("csrc/cuda/*.cpp"),
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--expt-relaxed-constexpr"]},
+        )
+    return cpp_extension.CppExtension("hidiff_kernels._C", sources, extra_compile_args={"cxx": cxx_flags})
+
+
+setup(
+    ext_modules=[_extension()],
+    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+)

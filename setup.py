@@ -59,8 +59,16 @@ def _build_cuda() -> bool:
 
 def _extension() -> cpp_extension.CppExtension:
     sources = _sources("csrc/core/*.cpp") + _sources("csrc/cpu/*.cpp")
-    cxx_flags = ["-O3", "-std=c++17", "-ffp-contract=off", "-fvisibility=hidden"]
+    # The torch version is recorded so `python -m hidiff_kernels.info` can report a mismatch.
+    cxx_flags = [
+        "-O3",
+        "-std=c++17",
+        "-ffp-contract=off",
+        "-fvisibility=hidden",
+        f'-DHIDIFF_TORCH_VERSION="{torch.__version__}"',
+    ]
     if _build_cuda():
+        cxx_flags.append("-DHIDIFF_WITH_CUDA")
         os.environ.setdefault("CUDA_HOME", _cuda_home() or "")
         return cpp_extension.CUDAExtension(
             "hidiff_kernels._C",

@@ -109,17 +109,25 @@ def _weight_scale(weight: Tensor) -> Tensor:
 class _PackedWeightCache:
     """Packed weights and their scale, recomputed only when the weight tensor changes.
 
-    A change is an in-place update (optimizer step, ``load_state_dict``: the version counter
-    moves) or a new tensor (``.to()``, parameter reassignment: the storage moves).
+    A change is an in-place update (optimizer step, ``load_state_dict``, any in-place op under
+    ``torch.no_grad()``: the version counter moves) or a new tensor (``.to()``, parameter
+    reassignment: the storage moves). Writes through ``weight.data`` bypass the version counter
+    and are not seen: call :meth:`clear` after them. Inference tensors have no version counter,
+    so their weights are packed on every call.
     """
 
     def __init__(self) -> None:
         self._key: tuple | None = None
         self._value: tuple[list[Tensor], Tensor] | None = None
 
+    def clear(self) -> None:
+        self._key = None
+        self._value = None
+
     def get(self, weight: Tensor, groups: int) -> tuple[list[Tensor], Tensor]:
-        key = (weight.data_ptr(), weight._version, weight.device, weight.dtype, tuple(weight.shape), groups)
-        if key != self._key or self._value is None:
+        version = None if weight.is_inference() else weight._version
+        key = (weight.data_ptr(), version, weight.device, weight.dtype, tuple(weight.shape), groups)
+        if version is None or key != self._key or self._value is None:
             with torch.no_grad():
                 packed = [ops.pack_weight(chunk) for chunk in weight.detach().chunk(groups, dim=0)]
                 self._value = (packed, _weight_scale(weight).float())
@@ -240,6 +248,10 @@ class BinaryConv2d(nn.Module):
             text += ", learnable_threshold=True"
         return text
 
+    def clear_packed_cache(self) -> None:
+        """Drops the cached packed weights (needed only after writes through ``weight.data``)."""
+        self._packed.clear()
+
     def _check_input(self, x: Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(
@@ -353,6 +365,10 @@ class BinaryLinear(nn.Module):
                 layer.bias.copy_(linear.bias)
         layer.train(linear.training)
         return layer
+
+    def clear_packed_cache(self) -> None:
+        """Drops the cached packed weights (needed only after writes through ``weight.data``)."""
+        self._packed.clear()
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

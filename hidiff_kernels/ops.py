@@ -179,7 +179,9 @@ def _pack_weight_fake(w: Tensor) -> Tensor:
 
 
 @torch.library.register_fake(f"{NAMESPACE}::binary_conv2d")
-def _binary_conv2d_fake(x_packed, w_packed, in_channels, stride, padding, dilation, scale=None, bias=None):
+def _binary_conv2d_fake(
+    x_packed, w_packed, in_channels, stride=(1, 1), padding=(0, 0), dilation=(1, 1), scale=None, bias=None
+):
     shape = check_binary_conv2d_args(x_packed, w_packed, in_channels, stride, padding, dilation, scale, bias)
     return x_packed.new_empty(shape, dtype=torch.float32)
 
@@ -256,7 +258,9 @@ def _reference_pack_weight(w: Tensor) -> Tensor:
     return reference.pack_weight(w)
 
 
-def _reference_binary_conv2d(x_packed, w_packed, in_channels, stride, padding, dilation, scale=None, bias=None):
+def _reference_binary_conv2d(
+    x_packed, w_packed, in_channels, stride=(1, 1), padding=(0, 0), dilation=(1, 1), scale=None, bias=None
+):
     check_binary_conv2d_args(x_packed, w_packed, in_channels, stride, padding, dilation, scale, bias)
     return reference.binary_conv2d(x_packed, w_packed, in_channels, stride, padding, dilation, scale, bias)
 

@@ -9,11 +9,21 @@
 
 #include "../core/cpu_features.h"
 
+#ifndef HIDIFF_TORCH_VERSION
+#define HIDIFF_TORCH_VERSION "unknown"
+#endif
+
 namespace py = pybind11;
 using namespace hidiff::core;
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "Compiled kernels of hidiff_kernels (CPU popcount paths and their selection).";
+  m.attr("torch_version") = HIDIFF_TORCH_VERSION;
+#ifdef HIDIFF_WITH_CUDA
+  m.attr("with_cuda") = true;
+#else
+  m.attr("with_cuda") = false;
+#endif
   m.def(
       "cpu_features",
       [] {

@@ -1,0 +1,32 @@
+"""Shared fixtures: the CPU popcount paths to exercise and deterministic seeds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import hidiff_kernels
+
+
+def supported_isas() -> list[str]:
+    """Every popcount path the CPU supports (only the reference when the extension is absent)."""
+    if not hidiff_kernels.COMPILED:
+        return ["reference"]
+    return list(hidiff_kernels._C.supported_isas())
+
+
+@pytest.fixture(params=supported_isas())
+def isa(request):
+    """Runs the test once per CPU popcount path, restoring the best one afterwards."""
+    if request.param != "reference":
+        previous = hidiff_kernels._C.active_isa()
+        hidiff_kernels._C.set_isa(request.param)
+        yield request.param
+        hidiff_kernels._C.set_isa(previous)
+    else:
+        yield request.param
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,62 @@
+"""torch.library.opcheck on every hidiff:: op, and a torch.compile(fullgraph=True) smoke test."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import hidiff_kernels as hk
+from hidiff_kernels import ops
+
+
+def _conv_samples():
+    x = torch.randn(2, 33, 6, 5)
+    w = torch.randn(4, 33, 3, 3)
+    xp, wp = hk.binarize_pack(x), hk.pack_weight(w)
+    scale = torch.rand(4, requires_grad=True)
+    bias = torch.randn(4, requires_grad=True)
+    return [
+        (xp, wp, 33, [1, 1], [1, 1], [1, 1], None, None),
+        (xp, wp, 33, [2, 1], [0, 2], [1, 2], scale, bias),
+        (xp, wp, 33, [1, 1], [1, 1], [1, 1], None, bias),
+    ]
+
+
+SAMPLES = {
+    "binarize_pack": lambda: [
+        (torch.randn(2, 33, 4, 5), None),
+        (torch.randn(2, 7, 3, 3), torch.randn(7)),
+        (torch.randn(2, 70, 3, 2).contiguous(memory_format=torch.channels_last), torch.randn(2, 70)),
+    ],
+    "pack_weight": lambda: [(torch.randn(5, 33, 3, 3),), (torch.randn(2, 1, 1, 1),)],
+    "binary_conv2d": _conv_samples,
+    "time_activation": lambda: [
+        (torch.randn(2, 3, 4, 4, requires_grad=True), torch.randn(2, 3, requires_grad=True),
+         torch.randn(2, 3, requires_grad=True), torch.rand(3, requires_grad=True)),
+        (torch.randn(2, 5), torch.randn(2, 5), torch.randn(2, 5), torch.rand(5)),
+    ],
+}
+
+
+def test_every_op_has_samples():
+    assert set(SAMPLES) == set(ops.SCHEMAS)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+def test_opcheck(name):
+    op = getattr(torch.ops.hidiff, name).default
+    for args in SAMPLES[name]():
+        torch.library.opcheck(op, args)
+
+
+def test_torch_compile_fullgraph():
+    def block(x, threshold, w_packed, scale, gamma, zeta, beta):
+        packed = hk.binarize_pack(x, threshold)
+        y = hk.binary_conv2d(packed, w_packed, x.shape[1], 1, 1, 1, scale=scale)
+        return hk.time_activation(y, gamma, zeta, beta)
+
+    x = torch.randn(2, 40, 8, 8)
+    args = (x, torch.randn(2, 40) * 0.1, hk.pack_weight(torch.randn(24, 40, 3, 3)), torch.rand(24),
+            torch.randn(2, 24), torch.randn(2, 24), torch.rand(24))
+    compiled = torch.compile(block, fullgraph=True, backend="inductor")
+    assert torch.equal(compiled(*args), block(*args))

@@ -65,6 +65,9 @@ def _extension() -> cpp_extension.CppExtension:
         "-std=c++17",
         "-ffp-contract=off",
         "-fvisibility=hidden",
+        # at::parallel_for is inlined from ATen's headers: without OpenMP it runs serially.
+        # No -fopenmp at link time: the OpenMP runtime is the one torch already loaded.
+        "-fopenmp",
         f'-DHIDIFF_TORCH_VERSION="{torch.__version__}"',
     ]
     if _build_cuda():

@@ -1,0 +1,130 @@
+"""Side-by-side benchmark support: fixed thread count, median collection and ratio tables.
+
+Every benchmark records its median under (table, row, column). At the end of the session the
+tables are printed with the ratios of each implementation against the torch float baseline
+and their geometric mean, and written as Markdown when ``--results-md PATH`` is given.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import platform
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+
+import hidiff_kernels
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("hidiff")
+    group.addoption("--bench-threads", type=int, default=2, help="torch/ATen threads for every benchmark (default 2)")
+    group.addoption("--results-md", default=None, help="write the ratio tables to this Markdown file")
+
+
+def pytest_configure(config):
+    torch.set_num_threads(config.getoption("--bench-threads"))
+
+
+@dataclass
+class Table:
+    """Medians in seconds: rows (shapes) x columns (implementations); ``baseline`` is the reference column."""
+
+    title: str
+    baseline: str
+    target: tuple[str, float] | None = None  # (column, geometric-mean speed-up it must reach)
+    columns: list[str] = field(default_factory=list)
+    medians: dict[str, dict[str, float]] = field(default_factory=lambda: defaultdict(dict))
+
+
+TABLES: dict[str, Table] = {}
+
+
+@pytest.fixture
+def record(benchmark):
+    """``record(table, title, baseline, row, column)`` files this test's median under a table cell.
+
+    Call it before ``benchmark(...)``; the median is read when the test has run.
+    """
+    cell: dict[str, str] = {}
+
+    def _record(
+        table: str, title: str, baseline: str, row: str, column: str, target: tuple[str, float] | None = None
+    ) -> None:
+        benchmark.group = f"{table}: {row}"
+        benchmark.extra_info.update({"table": table, "row": row, "column": column})
+        cell.update(table=table, title=title, baseline=baseline, row=row, column=column, target=target)
+
+    yield _record
+    if not cell or benchmark.disabled or benchmark.stats is None:
+        return
+    entry = TABLES.setdefault(cell["table"], Table(cell["title"], cell["baseline"]))
+    if cell["target"]:
+        entry.target = cell["target"]
+    if cell["column"] not in entry.columns:
+        entry.columns.append(cell["column"])
+    entry.medians[cell["row"]][cell["column"]] = benchmark.stats.stats.median
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_summary() -> str:
+    isa = hidiff_kernels._C.active_isa() if hidiff_kernels.COMPILED else "reference"
+    return (
+        f"{_cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"popcount path {isa}, {datetime.date.today().isoformat()}"
+    )
+
+
+def render(table: Table) -> list[str]:
+    others = [c for c in table.columns if c != table.baseline]
+    header = ["shape", f"{table.baseline} (ms)"] + [f"{c} (ms)" for c in others] + [f"{c} speed-up" for c in others]
+    lines = [f"### {table.title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    ratios: dict[str, list[float]] = defaultdict(list)
+    for row, medians in table.medians.items():
+        base = medians.get(table.baseline)
+        cells = [row, f"{base * 1e3:.3f}" if base else "-"]
+        cells += [f"{medians[c] * 1e3:.3f}" if c in medians else "-" for c in others]
+        for c in others:
+            if base and c in medians:
+                ratios[c].append(base / medians[c])
+                cells.append(f"{base / medians[c]:.2f}x")
+            else:
+                cells.append("-")
+        lines.append("| " + " | ".join(cells) + " |")
+    geo = ["**geometric mean**", "", *[""] * len(others)]
+    means = {c: math.exp(sum(map(math.log, ratios[c])) / len(ratios[c])) for c in others if ratios[c]}
+    geo += [f"**{means[c]:.2f}x**" if c in means else "-" for c in others]
+    lines.append("| " + " | ".join(geo) + " |")
+    if table.target and table.target[0] in means:
+        column, goal = table.target
+        verdict = "met" if means[column] >= goal else "NOT met"
+        lines += ["", f"Target: {column} >= {goal:g}x over {table.baseline} on the geometric mean: {verdict}."]
+    return lines
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    if not TABLES:
+        return
+    lines = [f"Machine: {machine_summary()}", ""]
+    for table in TABLES.values():
+        lines += render(table) + [""]
+    terminalreporter.write_sep("=", "hidiff side-by-side ratios")
+    for line in lines:
+        terminalreporter.write_line(line)
+    path = config.getoption("--results-md")
+    if path:
+        with open(path, "w") as f:
+            f.write("\n".join(lines) + "\n")

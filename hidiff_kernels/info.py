@@ -54,7 +54,10 @@ def report() -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m hidiff_kernels.info", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m hidiff_kernels.info",
+        description="Report the torch version built against, CPU features and which kernel serves each op.",
+    )
     parser.parse_args(argv)
     print(report())
 

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <random>
 #include <vector>
 
@@ -100,6 +101,7 @@ void test_conv_all_isas() {
       {33, 17, 5, 7, 3, 1, 2, 2},  {63, 8, 4, 4, 1, 1, 0, 1},  {65, 70, 9, 11, 3, 2, 2, 1},
       {96, 16, 1, 1, 3, 1, 1, 1},  {193, 10, 5, 6, 3, 1, 1, 2}, {128, 64, 8, 8, 3, 1, 1, 1},
       {512, 8, 3, 3, 3, 1, 0, 1},  {40, 5, 6, 6, 5, 1, 2, 1},  {7, 4, 3, 3, 3, 1, 2, 1},
+      {512, 3, 6, 6, 5, 1, 2, 1},  // 50 AVX2 chunks per output: exercises the byte-counter fold
   };
   for (Isa isa : {Isa::Portable, Isa::Avx2, Isa::Avx512}) {
     if (!isa_supported(isa)) {
@@ -130,8 +132,20 @@ void test_time_activation() {
 
 }  // namespace
 
+void test_environment_selects_initial_isa() {
+  const char* env = std::getenv("HIDIFF_CPU_ISA");
+  Isa wanted;
+  if (env && parse_isa(env, &wanted) && isa_supported(wanted)) {
+    EXPECT(active_isa() == wanted, "HIDIFF_CPU_ISA=%s but the active path is %s", env, isa_name(active_isa()));
+  } else {
+    EXPECT(active_isa() == best_supported_isa(), "default path %s is not the best supported %s",
+           isa_name(active_isa()), isa_name(best_supported_isa()));
+  }
+}
+
 int main() {
-  std::printf("best instruction set: %s\n", isa_name(best_supported_isa()));
+  std::printf("best instruction set: %s, active: %s\n", isa_name(best_supported_isa()), isa_name(active_isa()));
+  test_environment_selects_initial_isa();
   test_pack_layouts();
   test_conv_all_isas();
   test_time_activation();

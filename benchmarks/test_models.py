@@ -45,16 +45,10 @@ def models(request):
 
 
 @pytest.mark.benchmark(group="models")
-def test_float_model(benchmark, record, models):
-    config, float_model, _, x = models
-    record(*TABLE, model_id(config), "torch fp32")
+@pytest.mark.parametrize("variant", ["torch fp32", "binarize() packed"])
+def test_model_forward(benchmark, record, models, variant):
+    config, float_model, binary_model, x = models
+    record(*TABLE, model_id(config), variant)
+    model = float_model if variant == "torch fp32" else binary_model
     with torch.inference_mode():
-        benchmark(float_model, x)
-
-
-@pytest.mark.benchmark(group="models")
-def test_binary_model(benchmark, record, models):
-    config, _, binary_model, x = models
-    record(*TABLE, model_id(config), "binarize() packed")
-    with torch.inference_mode():
-        benchmark(binary_model, x)
+        benchmark(model, x)

@@ -211,3 +211,16 @@ def test_drop_in_training_loss_falls_and_paths_agree():
         packed = model(images)
     straight_through = model(images.clone().requires_grad_())
     torch.testing.assert_close(packed, straight_through, rtol=1e-5, atol=1e-5)
+
+
+def test_binarized_model_under_torch_compile():
+    model = hnn.binarize(SmallCNN()).eval()
+    x = torch.randn(2, 3, 12, 12)
+    with torch.no_grad():
+        expected = model(x)
+        compiled = torch.compile(model)
+        torch.testing.assert_close(compiled(x), expected)
+    model.train()
+    compiled = torch.compile(model)
+    compiled(x).sum().backward()
+    assert model.body[1].weight.grad is not None

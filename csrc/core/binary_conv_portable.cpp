@@ -8,6 +8,20 @@ namespace {
 
 using detail::Segment;
 
+// Without a popcount instruction (x86-64 baseline) GCC calls a library routine for
+// __builtin_popcountll; the inline bit-slicing count below is several times faster. Elsewhere
+// (e.g. AArch64) the builtin is a single instruction sequence.
+inline int popcount64(uint64_t v) {
+#if defined(__x86_64__) && !defined(__POPCNT__)
+  v = v - ((v >> 1) & 0x5555555555555555ull);
+  v = (v & 0x3333333333333333ull) + ((v >> 2) & 0x3333333333333333ull);
+  v = (v + (v >> 4)) & 0x0f0f0f0f0f0f0f0full;
+  return static_cast<int>((v * 0x0101010101010101ull) >> 56);
+#else
+  return __builtin_popcountll(v);
+#endif
+}
+
 inline int64_t xor_popcount(const uint32_t* a, const uint32_t* b, int64_t len) {
   int64_t count = 0;
   int64_t i = 0;
@@ -15,9 +29,9 @@ inline int64_t xor_popcount(const uint32_t* a, const uint32_t* b, int64_t len) {
     uint64_t wa, wb;
     std::memcpy(&wa, a + i, sizeof(wa));
     std::memcpy(&wb, b + i, sizeof(wb));
-    count += __builtin_popcountll(wa ^ wb);
+    count += popcount64(wa ^ wb);
   }
-  if (i < len) count += __builtin_popcount(a[i] ^ b[i]);
+  if (i < len) count += popcount64(a[i] ^ b[i]);
   return count;
 }
 

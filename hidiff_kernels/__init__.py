@@ -2,26 +2,34 @@
 
 Importing the package defines the ``hidiff::`` ops, loads the compiled kernels
 (``hidiff_kernels._C``) when they are built, and registers the pure-PyTorch reference for any
-backend left without a kernel, so the ops always run.
+backend left without a kernel, so the ops always run. ``HIDIFF_KERNELS_REFERENCE_ONLY=1`` skips
+the compiled kernels (to compare against, or to rule them out when debugging).
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
+import os
 
 from . import ops
 from .ops import binarize_pack, binary_conv2d, pack_weight, time_activation
 
 logger = logging.getLogger(__name__)
 
-try:
-    from . import _C  # noqa: F401  (registers the compiled CPU kernels)
+_C = None
+COMPILED = False
+if os.environ.get("HIDIFF_KERNELS_REFERENCE_ONLY") == "1":
+    logger.info("HIDIFF_KERNELS_REFERENCE_ONLY=1: using the pure-PyTorch reference kernels")
+else:
+    try:
+        # Loading the module registers the compiled CPU kernels. (A plain `from . import _C`
+        # would return the placeholder None above instead of importing the submodule.)
+        _C = importlib.import_module("._C", __name__)
 
-    COMPILED = True
-except ImportError as error:  # not built, or built against another torch
-    _C = None
-    COMPILED = False
-    logger.warning("hidiff_kernels._C is not available (%s); using the pure-PyTorch reference kernels", error)
+        COMPILED = True
+    except ImportError as error:  # not built, or built against another torch
+        logger.warning("hidiff_kernels._C is not available (%s); using the pure-PyTorch reference kernels", error)
 
 ops.register_reference_fallbacks()
 

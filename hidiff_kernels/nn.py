@@ -135,7 +135,27 @@ class _PackedWeightCache:
         return self._value
 
 
-class BinaryConv2d(nn.Module):
+class _BinaryLayer(nn.Module):
+    """What BinaryConv2d and BinaryLinear share: the packed-weight cache and the choice of path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._packed = _PackedWeightCache()
+
+    def clear_packed_cache(self) -> None:
+        """Drops the cached packed weights (needed only after writes through ``weight.data``)."""
+        self._packed.clear()
+
+    def _use_packed_kernels(self, x: Tensor, threshold: Tensor | None) -> bool:
+        """Packed kernels unless training, or unless autograd needs the straight-through graph."""
+        if self.training:
+            return False
+        if not torch.is_grad_enabled():
+            return True
+        return not any(t is not None and t.requires_grad for t in (x, threshold, *self.parameters()))
+
+
+class BinaryConv2d(_BinaryLayer):
     """Binary 2-D convolution, a drop-in for ``nn.Conv2d``.
 
     Args:
@@ -200,7 +220,6 @@ class BinaryConv2d(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size, **factory))
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
         self.threshold = nn.Parameter(torch.zeros(in_channels, **factory)) if learnable_threshold else None
-        self._packed = _PackedWeightCache()
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -248,28 +267,18 @@ class BinaryConv2d(nn.Module):
             text += ", learnable_threshold=True"
         return text
 
-    def clear_packed_cache(self) -> None:
-        """Drops the cached packed weights (needed only after writes through ``weight.data``)."""
-        self._packed.clear()
-
     def _check_input(self, x: Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(
                 f"x must be (N, {self.in_channels}, H, W) for {type(self).__name__}, got shape {tuple(x.shape)}"
             )
 
-    def _needs_autograd(self, x: Tensor, threshold: Tensor | None) -> bool:
-        if not torch.is_grad_enabled():
-            return False
-        tensors = [x, threshold, *self.parameters()]
-        return any(t is not None and t.requires_grad for t in tensors)
-
     def forward(self, x: Tensor, threshold: Tensor | None = None) -> Tensor:
         self._check_input(x)
         threshold = _combine_thresholds(self.threshold, threshold)
-        if self.training or self._needs_autograd(x, threshold):
-            return self._forward_ste(x, threshold)
-        return self._forward_packed(x, threshold)
+        if self._use_packed_kernels(x, threshold):
+            return self._forward_packed(x, threshold)
+        return self._forward_ste(x, threshold)
 
     def _forward_ste(self, x: Tensor, threshold: Tensor | None) -> Tensor:
         if threshold is not None:
@@ -291,9 +300,11 @@ class BinaryConv2d(nn.Module):
         for g, w_packed in enumerate(packed):
             channels = slice(g * per_group_in, (g + 1) * per_group_in)
             outs = slice(g * per_group_out, (g + 1) * per_group_out)
-            x_g = x if self.groups == 1 else x[:, channels]
-            t_g = None if threshold is None or self.groups == 1 else threshold[..., channels]
-            x_packed = ops.binarize_pack(x_g, threshold if self.groups == 1 else t_g)
+            x_g, t_g = x, threshold
+            if self.groups > 1:
+                x_g = x[:, channels]
+                t_g = None if threshold is None else threshold[..., channels]
+            x_packed = ops.binarize_pack(x_g, t_g)
             outputs.append(
                 ops.binary_conv2d(
                     x_packed,
@@ -310,7 +321,7 @@ class BinaryConv2d(nn.Module):
         return out.to(x.dtype)
 
 
-class BinaryLinear(nn.Module):
+class BinaryLinear(_BinaryLayer):
     """Binary fully connected layer, a drop-in for ``nn.Linear`` (same rules as BinaryConv2d).
 
     Shapes:
@@ -338,7 +349,6 @@ class BinaryLinear(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_features, in_features, **factory))
         self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
         self.threshold = nn.Parameter(torch.zeros(in_features, **factory)) if learnable_threshold else None
-        self._packed = _PackedWeightCache()
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -366,10 +376,6 @@ class BinaryLinear(nn.Module):
         layer.train(linear.training)
         return layer
 
-    def clear_packed_cache(self) -> None:
-        """Drops the cached packed weights (needed only after writes through ``weight.data``)."""
-        self._packed.clear()
-
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
@@ -382,12 +388,9 @@ class BinaryLinear(nn.Module):
                 f"threshold of shape {tuple(threshold.shape)} needs x of shape ({threshold.shape[0]}, ..., "
                 f"{self.in_features}), got {tuple(x.shape)}"
             )
-        needs_grad = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (x, threshold, *self.parameters())
-        )
-        if self.training or needs_grad:
-            return self._forward_ste(x, threshold)
-        return self._forward_packed(x, threshold)
+        if self._use_packed_kernels(x, threshold):
+            return self._forward_packed(x, threshold)
+        return self._forward_ste(x, threshold)
 
     def _forward_ste(self, x: Tensor, threshold: Tensor | None) -> Tensor:
         if threshold is not None:

@@ -133,6 +133,8 @@ def check_binary_conv2d_args(
     o, kh, kw = w_packed.shape[0], w_packed.shape[1], w_packed.shape[2]
     if kh == 0 or kw == 0:
         raise ValueError(f"w_packed must have a non-empty kernel, got shape {tuple(w_packed.shape)}")
+    if in_channels * kh * kw >= 2**31:
+        raise ValueError(f"in_channels * KH * KW must be below 2^31, got {in_channels} * {kh} * {kw}")
     ho = conv_output_size(h, kh, stride[0], padding[0], dilation[0])
     wo = conv_output_size(w, kw, stride[1], padding[1], dilation[1])
     if ho <= 0 or wo <= 0:

@@ -40,7 +40,7 @@ inline int64_t horizontal_sum(__m256i v) {
   return _mm_cvtsi128_si64(sum) + _mm_extract_epi64(sum, 1);
 }
 
-struct Avx2Kernel {
+struct Avx2Kernel : detail::ScalarEpilogue {
   static constexpr int kPixels = 2;
   static constexpr int kChannels = 4;
   // Byte counters grow by at most 8 per chunk: fold them into 64-bit totals every 31 chunks.

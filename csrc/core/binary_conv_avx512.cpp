@@ -38,6 +38,39 @@ struct Avx512Kernel {
   static constexpr int kPixels = 2;
   static constexpr int kChannels = 8;
 
+  // Vectorised epilogue for full 2 x 8 blocks: convert, scale and bias 16 outputs at once and
+  // store them as one (pixel, pixel + 1) pair per output channel. Same arithmetic as
+  // ScalarEpilogue (separate multiply and add, round-to-nearest conversion), so same bits.
+  template <int P, int Q>
+  static void store(const detail::RowContext& r, const int64_t* D, int64_t ow, int64_t o, int64_t taps) {
+    if constexpr (P == 2 && Q == 8) {
+      const __m512i full = _mm512_set1_epi64(taps * r.s->C);
+      __m256 v[2];
+      for (int p = 0; p < 2; ++p) {
+        const __m512i disagree = _mm512_loadu_si512(D + p * Q);
+        // Counts fit in int32: the glue rejects in_channels * KH * KW >= 2^31.
+        const __m512i count = _mm512_sub_epi64(full, _mm512_slli_epi64(disagree, 1));
+        v[p] = _mm256_cvtepi32_ps(_mm512_cvtepi64_epi32(count));
+        if (r.scale) v[p] = _mm256_mul_ps(v[p], _mm256_loadu_ps(r.scale + o));
+        if (r.bias) v[p] = _mm256_add_ps(v[p], _mm256_loadu_ps(r.bias + o));
+      }
+      // Per 128-bit half, unpacklo gives channels (0, 1) | (4, 5) and unpackhi (2, 3) | (6, 7),
+      // each as the pair (pixel ow, pixel ow + 1).
+      const __m256 lo = _mm256_unpacklo_ps(v[0], v[1]);
+      const __m256 hi = _mm256_unpackhi_ps(v[0], v[1]);
+      const __m128 pairs[4] = {_mm256_castps256_ps128(lo), _mm256_castps256_ps128(hi), _mm256_extractf128_ps(lo, 1),
+                               _mm256_extractf128_ps(hi, 1)};
+      const int64_t plane = r.Ho * r.Wo;
+      float* dst = r.out + ((r.n * r.s->O + o) * r.Ho + r.oh) * r.Wo + ow;
+      for (int k = 0; k < 4; ++k) {
+        _mm_storel_pi(reinterpret_cast<__m64*>(dst + (2 * k) * plane), pairs[k]);
+        _mm_storeh_pi(reinterpret_cast<__m64*>(dst + (2 * k + 1) * plane), pairs[k]);
+      }
+    } else {
+      detail::store_outputs<P, Q>(r, D, ow, o, taps);
+    }
+  }
+
   template <int P, int Q>
   static void run(const uint32_t* const* xp, const uint32_t* const* wp, const Segment* segs, int64_t nseg,
                   int64_t* D) {

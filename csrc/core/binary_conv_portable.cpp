@@ -35,7 +35,7 @@ inline int64_t xor_popcount(const uint32_t* a, const uint32_t* b, int64_t len) {
   return count;
 }
 
-struct PortableKernel {
+struct PortableKernel : detail::ScalarEpilogue {
   static constexpr int kPixels = 1;
   static constexpr int kChannels = 4;
 

@@ -1,14 +1,18 @@
 // The loop nest shared by every instruction set: tiling, border handling and the epilogue.
 //
-// Included by each per-ISA source after its target pragma, with a Kernel type local to that
-// source (anonymous namespace), so every instantiation is compiled for its own instruction set
-// and none can be merged with another at link time.
+// Included by each per-ISA source after its target pragma. Everything here sits in an anonymous
+// namespace, so each source gets its own copy compiled for its own instruction set: an inline
+// function shared by name between an AVX-512 and a portable source could otherwise be merged
+// by the linker into one AVX-512 copy, which would crash the portable path on older CPUs.
 //
 // A Kernel provides kPixels (P) and kChannels (Q) and
 //   template <int P, int Q> static void run(const uint32_t* const* xp, const uint32_t* const* wp,
 //                                           const Segment* segs, int64_t nseg, int64_t* D);
 // which sets D[p * Q + q] = sum over segments of popcount(xp[p][x_off + i] ^ wp[q][w_off + i]),
-// i < len: the disagreeing bits of P pixels against Q output channels.
+// i < len: the disagreeing bits of P pixels against Q output channels, and
+//   template <int P, int Q> static void store(const RowContext& r, const int64_t* D, int64_t ow,
+//                                             int64_t o, int64_t taps);
+// which writes the outputs (ScalarEpilogue::store, or a vectorised equivalent).
 #pragma once
 
 #include <algorithm>
@@ -18,6 +22,7 @@
 #include "binary_conv.h"
 
 namespace hidiff::core::detail {
+namespace {
 
 // A run of `len` words read at x_off from a pixel's base and at w_off from a channel's weights.
 struct Segment {
@@ -50,6 +55,14 @@ inline void store_outputs(const RowContext& r, const int64_t* D, int64_t ow, int
   }
 }
 
+// The epilogue in plain C++: out = (taps * C - 2 * D) * scale + bias, as float32.
+struct ScalarEpilogue {
+  template <int P, int Q>
+  static void store(const RowContext& r, const int64_t* D, int64_t ow, int64_t o, int64_t taps) {
+    store_outputs<P, Q>(r, D, ow, o, taps);
+  }
+};
+
 // P pixels sharing one segment list against output channels [o_begin, o_end).
 template <class Kernel, int P>
 inline void run_channels(const RowContext& r, const uint32_t* const* xp, const Segment* segs, int64_t nseg,
@@ -61,12 +74,12 @@ inline void run_channels(const RowContext& r, const uint32_t* const* xp, const S
     const uint32_t* wp[Q];
     for (int q = 0; q < Q; ++q) wp[q] = r.w + (o + q) * r.weight_stride;
     Kernel::template run<P, Q>(xp, wp, segs, nseg, D);
-    store_outputs<P, Q>(r, D, ow, o, taps);
+    Kernel::template store<P, Q>(r, D, ow, o, taps);
   }
   for (; o < o_end; ++o) {
     const uint32_t* wp = r.w + o * r.weight_stride;
     Kernel::template run<P, 1>(xp, &wp, segs, nseg, D);
-    store_outputs<P, 1>(r, D, ow, o, taps);
+    Kernel::template store<P, 1>(r, D, ow, o, taps);
   }
 }
 
@@ -161,4 +174,5 @@ void conv_tiles(const ConvShape& s, const uint32_t* x, const uint32_t* w, const 
   }
 }
 
+}  // namespace
 }  // namespace hidiff::core::detail

@@ -113,6 +113,8 @@ at::Tensor binary_conv2d_cpu(const at::Tensor& x_packed, const at::Tensor& w_pac
                     dilation[0], dilation[1]};
   TORCH_CHECK_VALUE(s.out_h() > 0 && s.out_w() > 0, "binary_conv2d output would be empty: input ", s.H, "x", s.W,
                     ", kernel ", s.KH, "x", s.KW, ", padding ", padding, ", dilation ", dilation);
+  TORCH_CHECK_VALUE(in_channels * s.KH * s.KW < (int64_t{1} << 31), "in_channels * KH * KW must be below 2^31, got ",
+                    in_channels, " * ", s.KH, " * ", s.KW);
   const auto scale_f = prepare_affine(scale, "scale", s.O);
   const auto bias_f = prepare_affine(bias, "bias", s.O);
 

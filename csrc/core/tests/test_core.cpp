@@ -70,6 +70,19 @@ void test_conv_case(Isa isa, const ConvShape& s, std::mt19937& rng) {
   std::vector<float> out(s.N * s.O * Ho * Wo, NAN);
   set_active_isa(isa);
   binary_conv2d_tiles(s, xp.data(), wp.data(), nullptr, nullptr, out.data(), 0, binary_conv2d_num_tiles(s));
+  // The affine epilogue: out * scale + bias, multiply and add rounded separately.
+  std::vector<float> scale(s.O), bias(s.O), affine(out.size(), NAN);
+  for (int64_t o = 0; o < s.O; ++o) {
+    scale[o] = dist(rng) + 1.5f;
+    bias[o] = dist(rng);
+  }
+  binary_conv2d_tiles(s, xp.data(), wp.data(), scale.data(), bias.data(), affine.data(), 0,
+                      binary_conv2d_num_tiles(s));
+  for (size_t i = 0; i < out.size(); ++i) {
+    const int64_t o = (static_cast<int64_t>(i) / (Ho * Wo)) % s.O;
+    const float product = out[i] * scale[o];
+    EXPECT(affine[i] == product + bias[o], "%s affine epilogue at %zu", isa_name(isa), i);
+  }
   for (int64_t n = 0; n < s.N; ++n)
     for (int64_t o = 0; o < s.O; ++o)
       for (int64_t oh = 0; oh < Ho; ++oh)

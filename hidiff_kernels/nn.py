@@ -64,13 +64,6 @@ class WeightSign(torch.autograd.Function):
         return grad * (w.abs() <= 1).to(grad.dtype)
 
 
-def _pair(value: int | Iterable[int], name: str) -> _Pair:
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) for v in pair):
-        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
-    return pair  # type: ignore[return-value]
-
-
 def _resolve_padding(padding: str | int | Iterable[int], kernel: _Pair, stride: _Pair, dilation: _Pair) -> _Pair:
     if padding == "valid":
         return (0, 0)
@@ -86,7 +79,7 @@ def _resolve_padding(padding: str | int | Iterable[int], kernel: _Pair, stride: 
         return (totals[0] // 2, totals[1] // 2)
     if isinstance(padding, str):
         raise ValueError(f"padding must be 'valid', 'same', an int or a pair of ints, got {padding!r}")
-    pair = _pair(padding, "padding")
+    pair = ops.as_pair(padding, "padding")
     if min(pair) < 0:
         raise ValueError(f"padding must be non-negative, got {pair}")
     return pair
@@ -205,9 +198,9 @@ class BinaryConv2d(_BinaryLayer):
             )
         self.in_channels = in_channels
         self.out_channels = out_channels
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.stride = _pair(stride, "stride")
-        self.dilation = _pair(dilation, "dilation")
+        self.kernel_size = ops.as_pair(kernel_size, "kernel_size")
+        self.stride = ops.as_pair(stride, "stride")
+        self.dilation = ops.as_pair(dilation, "dilation")
         if min(self.kernel_size) <= 0 or min(self.stride) <= 0 or min(self.dilation) <= 0:
             raise ValueError(
                 f"kernel_size, stride and dilation must be positive, got {self.kernel_size}, {self.stride}, "

@@ -299,13 +299,12 @@ def register_reference_fallbacks() -> None:
 # --- public wrappers -------------------------------------------------------------------------
 
 
-def _pair(value: IntPair, name: str) -> list[int]:
-    if isinstance(value, int):
-        return [value, value]
-    pair = list(value)
+def as_pair(value: IntPair, name: str) -> tuple[int, int]:
+    """``3 -> (3, 3)``, ``(1, 2) -> (1, 2)``; anything else raises a ValueError naming ``name``."""
+    pair = (value, value) if isinstance(value, int) else tuple(value)
     if len(pair) != 2 or not all(isinstance(v, int) for v in pair):
         raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
-    return pair
+    return pair  # type: ignore[return-value]
 
 
 def binarize_pack(x: Tensor, threshold: Tensor | None = None) -> Tensor:
@@ -360,9 +359,9 @@ def binary_conv2d(
         x_packed,
         w_packed,
         in_channels,
-        _pair(stride, "stride"),
-        _pair(padding, "padding"),
-        _pair(dilation, "dilation"),
+        as_pair(stride, "stride"),
+        as_pair(padding, "padding"),
+        as_pair(dilation, "dilation"),
         scale,
         bias,
     )

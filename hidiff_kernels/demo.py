@@ -20,6 +20,7 @@ from torch import nn
 import hidiff_kernels
 from hidiff_kernels.nn import BinaryConv2d, binarize
 
+
 def make_cnn(width: int) -> nn.Sequential:
     """A small VGG-style network: real stem and head, four inner 3x3 convolutions."""
     return nn.Sequential(
@@ -54,6 +55,16 @@ def median_time(fn: Callable[[], object], repeats: int) -> float:
 def simulated(layer: BinaryConv2d, x: torch.Tensor) -> torch.Tensor:
     """The binary layer's function in float arithmetic (the straight-through path)."""
     return layer._forward_ste(x, layer.threshold)
+
+
+def layer_report(name: str, layer: BinaryConv2d, layer_input: torch.Tensor, repeats: int) -> str:
+    """One table row: float-simulated vs packed time of a binary layer and their largest difference."""
+    diff = (layer(layer_input) - simulated(layer, layer_input)).abs().max().item()
+    t_float = median_time(lambda: simulated(layer, layer_input), repeats)
+    t_packed = median_time(lambda: layer(layer_input), repeats)
+    height, width = layer_input.shape[-2:]
+    shape = f"{layer.in_channels}->{layer.out_channels} s{layer.stride[0]} {height}x{width}"
+    return f"{name:<6}{shape:<26}{t_float * 1e3:>15.2f}{t_packed * 1e3:>13.2f}{t_float / t_packed:>9.1f}x{diff:>12.2e}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -93,13 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n{'layer':<6}{'shape':<26}{'float sim (ms)':>15}{'packed (ms)':>13}{'speed-up':>10}{'max |diff|':>12}")
     with torch.inference_mode():
         for name, layer_input in inputs.items():
-            layer = binary_model.get_submodule(name)
-            reference_out = simulated(layer, layer_input)
-            diff = (layer(layer_input) - reference_out).abs().max().item()
-            t_float = median_time(lambda: simulated(layer, layer_input), args.repeats)
-            t_packed = median_time(lambda: layer(layer_input), args.repeats)
-            shape = f"{layer.in_channels}->{layer.out_channels} s{layer.stride[0]} {layer_input.shape[-2]}x{layer_input.shape[-1]}"
-            print(f"{name:<6}{shape:<26}{t_float * 1e3:>15.2f}{t_packed * 1e3:>13.2f}{t_float / t_packed:>9.1f}x{diff:>12.2e}")
+            print(layer_report(name, binary_model.get_submodule(name), layer_input, args.repeats))
 
         t_real = median_time(lambda: float_model(x), args.repeats)
         t_packed = median_time(lambda: binary_model(x), args.repeats)
@@ -113,8 +118,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nwhole network, {args.size}x{args.size}, batch 1:")
     print(f"  real-valued model (torch fp32)          {t_real * 1e3:9.2f} ms")
     print(f"  binary model simulated in fp32          {t_sim * 1e3:9.2f} ms")
-    print(f"  binary model on packed kernels          {t_packed * 1e3:9.2f} ms"
-          f"   ({t_real / t_packed:.1f}x vs real, {t_sim / t_packed:.1f}x vs simulated)")
+    print(
+        f"  binary model on packed kernels          {t_packed * 1e3:9.2f} ms"
+        f"   ({t_real / t_packed:.1f}x vs real, {t_sim / t_packed:.1f}x vs simulated)"
+    )
     print(f"  max |packed - simulated| on the output  {diff:9.2e}")
 
 

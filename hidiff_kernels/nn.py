@@ -70,7 +70,7 @@ def _resolve_padding(padding: str | int | Iterable[int], kernel: _Pair, stride: 
     if padding == "same":
         if stride != (1, 1):
             raise ValueError(f"padding='same' needs stride 1, got stride={stride}")
-        totals = [d * (k - 1) for k, d in zip(kernel, dilation)]
+        totals = [d * (k - 1) for k, d in zip(kernel, dilation, strict=True)]
         if any(t % 2 for t in totals):
             raise ValueError(
                 f"padding='same' with kernel {kernel} and dilation {dilation} needs asymmetric padding, "
@@ -277,7 +277,13 @@ class BinaryConv2d(_BinaryLayer):
         if threshold is not None:
             x = x - (threshold.view(1, -1, 1, 1) if threshold.dim() == 1 else threshold[:, :, None, None])
         out = F.conv2d(
-            ApproxSign.apply(x), WeightSign.apply(self.weight), None, self.stride, self.padding, self.dilation, self.groups
+            ApproxSign.apply(x),
+            WeightSign.apply(self.weight),
+            None,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
         )
         out = out * _weight_scale(self.weight).to(out.dtype).view(1, -1, 1, 1)
         if self.bias is not None:

@@ -124,7 +124,9 @@ def approx_sign_ste(x: Tensor) -> Tensor:
     Gradient: ``2 + 2x`` on [-1, 0), ``2 - 2x`` on [0, 1), 0 elsewhere.
     """
     approx = torch.where(
-        x < -1, -torch.ones_like(x), torch.where(x < 0, 2 * x + x * x, torch.where(x < 1, 2 * x - x * x, torch.ones_like(x)))
+        x < -1,
+        -torch.ones_like(x),
+        torch.where(x < 0, 2 * x + x * x, torch.where(x < 1, 2 * x - x * x, torch.ones_like(x))),
     )
     return sign_pm1(x).detach() - approx.detach() + approx
 

@@ -33,11 +33,17 @@ ODD_SHAPES = [
 def pm1_conv(x, w, stride, padding, dilation):
     """The specification: float64 conv of the signs, zero padding."""
     return F.conv2d(
-        reference.sign_pm1(x).double(), reference.sign_pm1(w).double(), stride=stride, padding=padding, dilation=dilation
+        reference.sign_pm1(x).double(),
+        reference.sign_pm1(w).double(),
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
     ).float()
 
 
-@pytest.mark.parametrize("shape", ODD_SHAPES, ids=lambda s: "c{}-o{}-{}x{}-k{}-s{}-p{}-d{}".format(s[0], s[1], *s[2], *s[3:]))
+@pytest.mark.parametrize(
+    "shape", ODD_SHAPES, ids=lambda s: "c{}-o{}-{}x{}-k{}-s{}-p{}-d{}".format(s[0], s[1], *s[2], *s[3:])
+)
 def test_exact_against_conv2d(isa, shape):
     cin, cout, (h, w), k, stride, padding, dilation = shape
     x = torch.randn(2, cin, h, w)
@@ -113,7 +119,9 @@ def test_large_reduction_is_exact(isa):
     assert torch.equal(out, pm1_conv(x, weight, 1, 2, 1))
 
 
-@pytest.mark.parametrize("cin, k, stride, padding, dilation", list(itertools.product([5, 64], [1, 3], [1, 2], [0, 1, 2], [1, 2])))
+@pytest.mark.parametrize(
+    "cin, k, stride, padding, dilation", list(itertools.product([5, 64], [1, 3], [1, 2], [0, 1, 2], [1, 2]))
+)
 def test_grid_of_conv_arguments(cin, k, stride, padding, dilation):
     x = torch.randn(1, cin, 7, 6)
     weight = torch.randn(9, cin, k, k)

@@ -43,7 +43,7 @@ def test_binary_conv2d_gradients_match_reference_formulation():
     params = [x, layer.weight, layer.bias, layer.threshold]
     ours = torch.autograd.grad(F.mse_loss(layer(x), target), params)
     theirs = torch.autograd.grad(F.mse_loss(reference_forward(*params), target), params)
-    for a, b in zip(ours, theirs):
+    for a, b in zip(ours, theirs, strict=True):
         torch.testing.assert_close(a, b)
 
 
@@ -154,8 +154,13 @@ class SmallCNN(nn.Module):
         super().__init__()
         self.stem = nn.Conv2d(3, 32, 3, padding=1)
         self.body = nn.Sequential(
-            nn.BatchNorm2d(32), nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.BatchNorm2d(64), nn.Hardtanh(),
-            nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.Hardtanh(),
+            nn.BatchNorm2d(32),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1),
+            nn.BatchNorm2d(64),
+            nn.Hardtanh(),
+            nn.Conv2d(64, 64, 3, padding=1),
+            nn.BatchNorm2d(64),
+            nn.Hardtanh(),
         )
         self.head = nn.Conv2d(64, 2, 1)
 

@@ -31,8 +31,12 @@ SAMPLES = {
     "pack_weight": lambda: [(torch.randn(5, 33, 3, 3),), (torch.randn(2, 1, 1, 1),)],
     "binary_conv2d": _conv_samples,
     "time_activation": lambda: [
-        (torch.randn(2, 3, 4, 4, requires_grad=True), torch.randn(2, 3, requires_grad=True),
-         torch.randn(2, 3, requires_grad=True), torch.rand(3, requires_grad=True)),
+        (
+            torch.randn(2, 3, 4, 4, requires_grad=True),
+            torch.randn(2, 3, requires_grad=True),
+            torch.randn(2, 3, requires_grad=True),
+            torch.rand(3, requires_grad=True),
+        ),
         (torch.randn(2, 5), torch.randn(2, 5), torch.randn(2, 5), torch.rand(5)),
     ],
 }
@@ -56,7 +60,14 @@ def test_torch_compile_fullgraph():
         return hk.time_activation(y, gamma, zeta, beta)
 
     x = torch.randn(2, 40, 8, 8)
-    args = (x, torch.randn(2, 40) * 0.1, hk.pack_weight(torch.randn(24, 40, 3, 3)), torch.rand(24),
-            torch.randn(2, 24), torch.randn(2, 24), torch.rand(24))
+    args = (
+        x,
+        torch.randn(2, 40) * 0.1,
+        hk.pack_weight(torch.randn(24, 40, 3, 3)),
+        torch.rand(24),
+        torch.randn(2, 24),
+        torch.randn(2, 24),
+        torch.rand(24),
+    )
     compiled = torch.compile(block, fullgraph=True, backend="inductor")
     assert torch.equal(compiled(*args), block(*args))

@@ -33,6 +33,8 @@ def test_reference_only_mode_matches_compiled_kernels(tmp_path):
     x, w = torch.randn(2, 45, 9, 7, generator=g), torch.randn(6, 45, 3, 3, generator=g)
     t, s, b = torch.randn(2, 45, generator=g), torch.rand(6, generator=g), torch.randn(6, generator=g)
     y = hk.binary_conv2d(hk.binarize_pack(x, t), hk.pack_weight(w), 45, 2, 1, 2, s, b)
-    z = hk.time_activation(y, torch.randn(2, 6, generator=g), torch.randn(2, 6, generator=g), torch.rand(6, generator=g))
+    z = hk.time_activation(
+        y, torch.randn(2, 6, generator=g), torch.randn(2, 6, generator=g), torch.rand(6, generator=g)
+    )
     assert torch.equal(y, expected["y"])
     assert torch.equal(z, expected["z"])

@@ -52,5 +52,5 @@ def test_gradients_match_reference_autograd():
     inputs = ta_inputs((2, 5, 3, 3), requires_grad=True)
     ours = torch.autograd.grad(hk.time_activation(*inputs).square().sum(), inputs)
     theirs = torch.autograd.grad(reference.time_activation(*inputs).square().sum(), inputs)
-    for a, b in zip(ours, theirs):
+    for a, b in zip(ours, theirs, strict=True):
         torch.testing.assert_close(a, b)

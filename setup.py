@@ -14,6 +14,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import subprocess
 
 import torch
 from setuptools import setup
@@ -27,22 +28,35 @@ def _sources(pattern: str) -> list[str]:
     return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
 
 
-def _cuda_home() -> str | None:
-    """Toolkit root: CUDA_HOME, else the directory of the real nvcc (PATH may hold a wrapper)."""
-    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
-    if not home:
-        nvcc = shutil.which("nvcc")
-        if nvcc:
-            home = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
-            if not os.path.exists(os.path.join(home, "include", "cuda_runtime.h")):
-                # A wrapper script: ask it where the compiler really lives.
-                for candidate in sorted(glob.glob("/usr/local/cuda*"), reverse=True):
-                    if os.path.exists(os.path.join(candidate, "include", "cuda_runtime.h")):
-                        home = candidate
-                        break
-    if home and os.path.exists(os.path.join(home, "include", "cuda_runtime.h")):
+def _has_runtime_header(home: str | None) -> bool:
+    return bool(home) and os.path.exists(os.path.join(home, "include", "cuda_runtime.h"))
+
+
+def _nvcc_home(nvcc: str) -> str | None:
+    """Toolkit root of an nvcc on PATH, following wrapper scripts.
+
+    nvcc's dry run prints the directory it really runs from (``_HERE_=<root>/bin``), which also
+    holds when PATH only has a script that execs the real compiler.
+    """
+    home = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+    if _has_runtime_header(home):
         return home
+    try:
+        dry_run = subprocess.run([nvcc, "--dryrun", "-c", "probe.cu"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in (dry_run.stdout + dry_run.stderr).splitlines():
+        if line.startswith("#$ _HERE_="):
+            return os.path.dirname(line.split("=", 1)[1].strip())
     return None
+
+
+def _cuda_home() -> str | None:
+    """Toolkit root: CUDA_HOME / CUDA_PATH, else the one of the nvcc on PATH; None without headers."""
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if not home and shutil.which("nvcc"):
+        home = _nvcc_home(shutil.which("nvcc"))
+    return home if _has_runtime_header(home) else None
 
 
 def _build_cuda() -> bool:

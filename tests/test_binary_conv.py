@@ -127,3 +127,33 @@ def test_grid_of_conv_arguments(cin, k, stride, padding, dilation):
     weight = torch.randn(9, cin, k, k)
     out = hk.binary_conv2d(hk.binarize_pack(x), hk.pack_weight(weight), cin, stride, padding, dilation)
     assert torch.equal(out, pm1_conv(x, weight, stride, padding, dilation))
+
+
+def test_random_configurations(isa):
+    """A seeded sweep over random shapes and arguments, every one bit-exact."""
+    rng = torch.Generator().manual_seed(2024)
+
+    def draw(low, high):
+        return int(torch.randint(low, high + 1, (1,), generator=rng))
+
+    for _ in range(200):
+        cin, cout = draw(1, 200), draw(1, 40)
+        kh, kw = draw(1, 5), draw(1, 5)
+        stride, padding, dilation = (draw(1, 3), draw(1, 3)), (draw(0, 3), draw(0, 3)), (draw(1, 3), draw(1, 3))
+        h = max(draw(1, 12), dilation[0] * (kh - 1) + 1 - 2 * padding[0])
+        w = max(draw(1, 12), dilation[1] * (kw - 1) + 1 - 2 * padding[1])
+        x = torch.randn(draw(1, 3), cin, h, w, generator=rng)
+        weight = torch.randn(cout, cin, kh, kw, generator=rng)
+        out = hk.binary_conv2d(hk.binarize_pack(x), hk.pack_weight(weight), cin, stride, padding, dilation)
+        expected = pm1_conv(x, weight, stride, padding, dilation)
+        assert torch.equal(out, expected), (cin, cout, kh, kw, stride, padding, dilation, h, w)
+
+
+def test_non_contiguous_packed_operands_and_empty_batch(isa):
+    x = torch.randn(2, 40, 6, 12)
+    weight = torch.randn(5, 40, 3, 3)
+    x_packed = hk.binarize_pack(x)[:, :, ::2]  # every other column: a strided view
+    out = hk.binary_conv2d(x_packed, hk.pack_weight(weight), 40, 1, 1, 1)
+    assert torch.equal(out, pm1_conv(x[:, :, :, ::2], weight, 1, 1, 1))
+    empty = hk.binary_conv2d(hk.binarize_pack(torch.randn(0, 40, 6, 6)), hk.pack_weight(weight), 40, 1, 1, 1)
+    assert empty.shape == (0, 5, 6, 6)

@@ -42,22 +42,24 @@ def torch_time_activation(u, gamma, zeta, beta):
     return torch.where(u > g, u - g + z, beta[None, :, None, None] * (u - g) + z)
 
 
+def run_side_by_side(benchmark, record, row, variant, fn, *args):
+    record(*TABLE, row, variant)
+    with torch.inference_mode():
+        benchmark(fn, *args)
+
+
 @pytest.mark.benchmark(group="elementwise")
 @pytest.mark.parametrize("variant", ["torch fp32", "binarize_pack"])
 def test_binarize(benchmark, record, tensors, variant):
     shape, x, threshold, _, _ = tensors
-    record(*TABLE, f"TB {shape_id(shape)}", variant)
     fn = torch_sign if variant == "torch fp32" else hk.binarize_pack
-    with torch.inference_mode():
-        benchmark(fn, x, threshold)
+    run_side_by_side(benchmark, record, f"TB {shape_id(shape)}", variant, fn, x, threshold)
 
 
 @pytest.mark.benchmark(group="elementwise")
 @pytest.mark.parametrize("variant", ["torch fp32", "time_activation"])
 def test_time_activation(benchmark, record, tensors, variant):
     shape, u, gamma, zeta, beta = tensors
-    record(*TABLE, f"TA {shape_id(shape)}", variant)
+    assert torch.equal(hk.time_activation(u, gamma, zeta, beta), reference.time_activation(u, gamma, zeta, beta))
     fn = torch_time_activation if variant == "torch fp32" else hk.time_activation
-    with torch.inference_mode():
-        assert torch.equal(hk.time_activation(u, gamma, zeta, beta), reference.time_activation(u, gamma, zeta, beta))
-        benchmark(fn, u, gamma, zeta, beta)
+    run_side_by_side(benchmark, record, f"TA {shape_id(shape)}", variant, fn, u, gamma, zeta, beta)

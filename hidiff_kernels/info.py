@@ -21,8 +21,8 @@ def kernel_table() -> dict[str, dict[str, str]]:
     for name in ops.SCHEMAS:
         row = {}
         for key in ops.BACKENDS:
-            if (name, key) in ops.FALLBACK_KERNELS:
-                row[key] = ops.FALLBACK_KERNELS[(name, key)]
+            if (name, key) in ops.REFERENCE_SERVED:
+                row[key] = "reference"
             elif ops.has_kernel(name, key):
                 row[key] = "C++" if key == "CPU" else "CUDA"
             else:

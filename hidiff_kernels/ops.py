@@ -33,8 +33,8 @@ _LIBRARY = torch.library.Library(NAMESPACE, "DEF")
 for _name, _schema in SCHEMAS.items():
     _LIBRARY.define(_name + _schema)
 
-# Which implementation serves each (op, dispatch key) when it is not the compiled one.
-FALLBACK_KERNELS: dict[tuple[str, str], str] = {}
+# The (op, dispatch key) pairs served by the reference because no compiled kernel exists.
+REFERENCE_SERVED: set[tuple[str, str]] = set()
 
 IntPair = int | Sequence[int]
 
@@ -293,7 +293,7 @@ def register_reference_fallbacks() -> None:
         for key in BACKENDS:
             if not has_kernel(name, key):
                 _LIBRARY.impl(name, kernel, key)
-                FALLBACK_KERNELS[(name, key)] = "reference"
+                REFERENCE_SERVED.add((name, key))
 
 
 # --- public wrappers -------------------------------------------------------------------------

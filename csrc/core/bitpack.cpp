@@ -11,9 +11,8 @@ constexpr int64_t kPixelBlock = 256;
 
 }  // namespace
 
-void binarize_pack_nchw(const float* x, const float* threshold, int64_t threshold_stride_n, int64_t N,
-                        int64_t C, int64_t H, int64_t W, uint32_t* out, int64_t row_begin, int64_t row_end) {
-  (void)N;
+void binarize_pack_nchw(const float* x, const float* threshold, int64_t threshold_stride_n, int64_t C,
+                        int64_t H, int64_t W, uint32_t* out, int64_t row_begin, int64_t row_end) {
   const int64_t words = packed_words(C);
   uint32_t block[kPixelBlock];
   for (int64_t row = row_begin; row < row_end; ++row) {
@@ -40,10 +39,9 @@ void binarize_pack_nchw(const float* x, const float* threshold, int64_t threshol
   }
 }
 
-void binarize_pack_nhwc(const float* x, const float* threshold, int64_t threshold_stride_n, int64_t N,
-                        int64_t C, int64_t H, int64_t W, uint32_t* out, int64_t pixel_begin,
+void binarize_pack_nhwc(const float* x, const float* threshold, int64_t threshold_stride_n, int64_t C,
+                        int64_t H, int64_t W, uint32_t* out, int64_t pixel_begin,
                         int64_t pixel_end) {
-  (void)N;
   const int64_t words = packed_words(C);
   for (int64_t pixel = pixel_begin; pixel < pixel_end; ++pixel) {
     const int64_t n = pixel / (H * W);

@@ -61,11 +61,11 @@ at::Tensor binarize_pack_cpu(const at::Tensor& x, const std::optional<at::Tensor
   const float* src = xf.data_ptr<float>();
   if (channels_last) {
     at::parallel_for(0, N * H * W, 1024, [&](int64_t begin, int64_t end) {
-      core::binarize_pack_nhwc(src, thr_ptr, thr_stride, N, C, H, W, dst, begin, end);
+      core::binarize_pack_nhwc(src, thr_ptr, thr_stride, C, H, W, dst, begin, end);
     });
   } else {
     at::parallel_for(0, N * H, 1, [&](int64_t begin, int64_t end) {
-      core::binarize_pack_nchw(src, thr_ptr, thr_stride, N, C, H, W, dst, begin, end);
+      core::binarize_pack_nchw(src, thr_ptr, thr_stride, C, H, W, dst, begin, end);
     });
   }
   return out;

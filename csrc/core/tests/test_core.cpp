@@ -44,8 +44,8 @@ void test_pack_layouts() {
       for (int64_t h = 0; h < H; ++h)
         for (int64_t w = 0; w < W; ++w) nhwc[((n * H + h) * W + w) * C + c] = nchw[((n * C + c) * H + h) * W + w];
   std::vector<uint32_t> a(N * H * W * words, 0xdeadbeef), b(N * H * W * words, 0xdeadbeef);
-  binarize_pack_nchw(nchw.data(), thr.data(), C, N, C, H, W, a.data(), 0, N * H);
-  binarize_pack_nhwc(nhwc.data(), thr.data(), C, N, C, H, W, b.data(), 0, N * H * W);
+  binarize_pack_nchw(nchw.data(), thr.data(), C, C, H, W, a.data(), 0, N * H);
+  binarize_pack_nhwc(nhwc.data(), thr.data(), C, C, H, W, b.data(), 0, N * H * W);
   EXPECT(a == b, "NCHW and NHWC packing differ");
   for (int64_t n = 0; n < N; ++n)
     for (int64_t c = 0; c < C; ++c)
@@ -64,8 +64,8 @@ void test_conv_case(Isa isa, const ConvShape& s, std::mt19937& rng) {
   for (auto& v : x) v = dist(rng);
   for (auto& v : w) v = dist(rng);
   std::vector<uint32_t> xp(s.N * s.H * s.W * words), wp(s.O * s.KH * s.KW * words);
-  binarize_pack_nchw(x.data(), nullptr, 0, s.N, s.C, s.H, s.W, xp.data(), 0, s.N * s.H);
-  binarize_pack_nchw(w.data(), nullptr, 0, s.O, s.C, s.KH, s.KW, wp.data(), 0, s.O * s.KH);
+  binarize_pack_nchw(x.data(), nullptr, 0, s.C, s.H, s.W, xp.data(), 0, s.N * s.H);
+  binarize_pack_nchw(w.data(), nullptr, 0, s.C, s.KH, s.KW, wp.data(), 0, s.O * s.KH);
   const int64_t Ho = s.out_h(), Wo = s.out_w();
   std::vector<float> out(s.N * s.O * Ho * Wo, NAN);
   set_active_isa(isa);

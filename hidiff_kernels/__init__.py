@@ -13,7 +13,7 @@ import logging
 import os
 
 from . import ops
-from .ops import binarize_pack, binary_conv2d, pack_weight, time_activation
+from .ops import bernoulli_step, binarize_pack, binary_conv2d, pack_weight, time_activation
 
 logger = logging.getLogger(__name__)
 
@@ -33,5 +33,5 @@ else:
 
 ops.register_reference_fallbacks()
 
-__all__ = ["COMPILED", "binarize_pack", "binary_conv2d", "pack_weight", "time_activation"]
+__all__ = ["COMPILED", "bernoulli_step", "binarize_pack", "binary_conv2d", "pack_weight", "time_activation"]
 __version__ = "0.1.0"

@@ -27,6 +27,9 @@ SCHEMAS = {
         "int[2] dilation=1, Tensor? scale=None, Tensor? bias=None) -> Tensor"
     ),
     "time_activation": "(Tensor u, Tensor gamma, Tensor zeta, Tensor beta) -> Tensor",
+    "bernoulli_step": (
+        "(Tensor y_t, Tensor eps_hat, Tensor prior, Tensor coef, str mode, int seed, int offset) -> Tensor"
+    ),
 }
 
 _LIBRARY = torch.library.Library(NAMESPACE, "DEF")
@@ -163,6 +166,29 @@ def check_time_activation_args(u: Tensor, gamma: Tensor, zeta: Tensor, beta: Ten
         raise ValueError(f"beta must have shape (C,) = ({c},), got {tuple(beta.shape)}")
 
 
+def check_bernoulli_step_args(
+    y_t: Tensor, eps_hat: Tensor, prior: Tensor, coef: Tensor, mode: str, seed: int, offset: int
+) -> None:
+    for name, t in (("y_t", y_t), ("eps_hat", eps_hat), ("prior", prior)):
+        if t.dtype != torch.float32:
+            raise TypeError(f"{name} must be float32, got {t.dtype}")
+        if name != "y_t":
+            _check_same_device(t, name, y_t, "y_t")
+            if t.shape != y_t.shape:
+                raise ValueError(f"{name} must have the shape of y_t {tuple(y_t.shape)}, got {tuple(t.shape)}")
+    if y_t.dim() < 1:
+        raise ValueError("y_t must have a batch dimension (N, ...), got a 0-d tensor")
+    if coef.dtype != torch.float32:
+        raise TypeError(f"coef must be float32, got {coef.dtype}")
+    _check_same_device(coef, "coef", y_t, "y_t")
+    if coef.dim() != 2 or coef.shape[0] != y_t.shape[0] or coef.shape[1] != 2:
+        raise ValueError(f"coef must have shape (N, 2) = ({y_t.shape[0]}, 2), got {tuple(coef.shape)}")
+    if mode not in reference.BERNOULLI_MODES:
+        raise ValueError(f"mode must be one of {reference.BERNOULLI_MODES}, got {mode!r}")
+    if offset < 0:
+        raise ValueError(f"offset must be non-negative, got {offset}")
+
+
 # --- fake kernels ----------------------------------------------------------------------------
 
 
@@ -192,6 +218,12 @@ def _binary_conv2d_fake(
 def _time_activation_fake(u: Tensor, gamma: Tensor, zeta: Tensor, beta: Tensor) -> Tensor:
     check_time_activation_args(u, gamma, zeta, beta)
     return torch.empty_like(u, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake(f"{NAMESPACE}::bernoulli_step")
+def _bernoulli_step_fake(y_t, eps_hat, prior, coef, mode, seed, offset):
+    check_bernoulli_step_args(y_t, eps_hat, prior, coef, mode, seed, offset)
+    return torch.empty_like(y_t, memory_format=torch.contiguous_format)
 
 
 # --- autograd --------------------------------------------------------------------------------
@@ -272,11 +304,17 @@ def _reference_time_activation(u: Tensor, gamma: Tensor, zeta: Tensor, beta: Ten
     return reference.time_activation(u, gamma, zeta, beta)
 
 
+def _reference_bernoulli_step(y_t, eps_hat, prior, coef, mode, seed, offset):
+    check_bernoulli_step_args(y_t, eps_hat, prior, coef, mode, seed, offset)
+    return reference.bernoulli_step(y_t, eps_hat, prior, coef, mode, seed, offset)
+
+
 _REFERENCE_KERNELS = {
     "binarize_pack": _reference_binarize_pack,
     "pack_weight": _reference_pack_weight,
     "binary_conv2d": _reference_binary_conv2d,
     "time_activation": _reference_time_activation,
+    "bernoulli_step": _reference_bernoulli_step,
 }
 
 BACKENDS = ("CPU", "CUDA")
@@ -381,3 +419,41 @@ def time_activation(u: Tensor, gamma: Tensor, zeta: Tensor, beta: Tensor) -> Ten
         Tensor of u's shape and dtype (contiguous).
     """
     return torch.ops.hidiff.time_activation(u, gamma, zeta, beta)
+
+
+def bernoulli_step(
+    y_t: Tensor,
+    eps_hat: Tensor,
+    prior: Tensor,
+    coef: Tensor,
+    mode: str = "ddim",
+    seed: int = 0,
+    offset: int = 0,
+) -> Tensor:
+    """Fused reverse step of Bernoulli diffusion: calibrated mean and a Bernoulli draw in one pass.
+
+    ``y0_hat = |y_t - eps_hat|`` (paper Eq. 10), then the mean of ``y_{t-1}``:
+
+    - ``mode="posterior"`` (ancestral sampling), ``coef[n] = (alpha_t, abar_{t-1})``: the posterior
+      of Eq. 7 at ``y0 = y0_hat``, guarded against 0/0;
+    - ``mode="ddim"``, ``coef[n] = (sigma_t, abar_{t-1} - sigma_t * abar_t)`` with
+      ``sigma_t = (1 - abar_{t-1}) / (1 - abar_t)``: ``clip(sigma_t * y_t + c * y0_hat, 0, 1)`` (Alg. 2).
+
+    The draw uses a counter-based RNG (Philox4x32-10, see :func:`reference.counter_uniform`):
+    element ``i`` is 1 where ``uniform(seed, offset + i) < mean``, so the same (seed, offset)
+    gives the same sample on every backend, thread count and under ``torch.compile``. A caller
+    drawing several steps advances ``offset`` by ``y_t.numel()`` per step.
+
+    Args:
+        y_t: float32 ``(N, ...)`` current state in {0, 1}.
+        eps_hat: float32, y_t's shape: predicted flip probability in [0, 1].
+        prior: float32, y_t's shape: segmentor prior in [0, 1].
+        coef: float32 ``(N, 2)`` per-sample step coefficients (see above).
+        mode: ``"posterior"`` or ``"ddim"``.
+        seed: any int (taken modulo 2^64).
+        offset: non-negative counter offset.
+
+    Returns:
+        float32 tensor of y_t's shape with values in {0, 1} (contiguous).
+    """
+    return torch.ops.hidiff.bernoulli_step(y_t, eps_hat, prior, coef, mode, seed, offset)

@@ -135,3 +135,106 @@ def weight_sign_ste(w: Tensor) -> Tensor:
     """Sign of the weights with the clipped identity gradient (1 where ``|w| <= 1``), plain autograd."""
     clipped = w.clamp(-1, 1)
     return sign_pm1(w).detach() - clipped.detach() + clipped
+
+
+# --- counter-based RNG and the fused Bernoulli step -------------------------------------------
+
+_MASK32 = 0xFFFFFFFF
+_PHILOX_M0, _PHILOX_M1 = 0xD2511F53, 0xCD9E8D57
+_PHILOX_W0, _PHILOX_W1 = 0x9E3779B9, 0xBB67AE85
+PHILOX_ROUNDS = 10
+
+
+def _mulhilo32(a: int, b: Tensor) -> tuple[Tensor, Tensor]:
+    """High and low 32 bits of ``a * b`` for a 32-bit constant ``a`` and int64 ``b`` holding uint32.
+
+    Split into 16-bit halves so that no intermediate leaves the int64 range.
+    """
+    low_part = a * (b & 0xFFFF)
+    carry = a * (b >> 16) + (low_part >> 16)
+    return carry >> 16, ((carry & 0xFFFF) << 16) | (low_part & 0xFFFF)
+
+
+def philox4x32(counter: tuple[Tensor, Tensor, Tensor, Tensor], key: tuple[int, int]) -> tuple[Tensor, ...]:
+    """Philox4x32-10 (Salmon et al., SC'11) on int64 tensors holding uint32 words.
+
+    Args:
+        counter: four int64 tensors of one shape, each word in [0, 2^32).
+        key: two ints in [0, 2^32).
+
+    Returns:
+        the four output words, int64 tensors in [0, 2^32).
+    """
+    c0, c1, c2, c3 = counter
+    k0, k1 = key
+    for round_index in range(PHILOX_ROUNDS):
+        hi0, lo0 = _mulhilo32(_PHILOX_M0, c0)
+        hi1, lo1 = _mulhilo32(_PHILOX_M1, c2)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        if round_index + 1 < PHILOX_ROUNDS:
+            k0, k1 = (k0 + _PHILOX_W0) & _MASK32, (k1 + _PHILOX_W1) & _MASK32
+    return c0, c1, c2, c3
+
+
+def counter_uniform(seed: int, offset: int, numel: int, device: torch.device | str = "cpu") -> Tensor:
+    """Uniform float32 numbers in [0, 1) from the counter-based RNG shared by every backend.
+
+    Element ``i`` is ``(r >> 8) * 2^-24`` where ``r`` is the first word of Philox4x32-10 with key
+    ``(seed mod 2^32, (seed >> 32) mod 2^32)`` and counter ``(lo32(offset + i), hi32(offset + i), 0, 0)``.
+    ``seed`` is taken modulo 2^64; 24 bits make every value exact in float32.
+    """
+    seed &= (1 << 64) - 1
+    index = torch.arange(numel, dtype=torch.int64, device=device) + offset
+    zeros = torch.zeros_like(index)
+    counter = (index & _MASK32, (index >> 32) & _MASK32, zeros, zeros)
+    first = philox4x32(counter, (seed & _MASK32, seed >> 32))[0]
+    return (first >> 8).to(torch.float32) * (2.0**-24)
+
+
+BERNOULLI_MODES = ("posterior", "ddim")
+POSTERIOR_EPS = 1e-12
+
+
+def bernoulli_mean(y_t: Tensor, eps_hat: Tensor, prior: Tensor, coef: Tensor, mode: str) -> Tensor:
+    """Mean of the next Bernoulli state, in float32, in the operation order every kernel follows.
+
+    With ``y0_hat = |y_t - eps_hat|`` (calibration, paper Eq. 10):
+
+    - ``mode="posterior"``, ``coef[n] = (alpha_t, abar_{t-1})``: the posterior of Eq. 7,
+      ``theta1 / max(theta0 + theta1, 1e-12)``.
+    - ``mode="ddim"``, ``coef[n] = (sigma_t, abar_{t-1} - sigma_t * abar_t)``:
+      ``clip(sigma_t * y_t + c * y0_hat, 0, 1)`` (Alg. 2).
+
+    Args:
+        y_t, eps_hat, prior: float32 ``(N, ...)`` of one shape.
+        coef: float32 ``(N, 2)``.
+    """
+    view = (-1,) + (1,) * (y_t.dim() - 1)
+    a, b = coef[:, 0].reshape(view), coef[:, 1].reshape(view)
+    y0_hat = (y_t - eps_hat).abs()
+    if mode == "ddim":
+        return (a * y_t + b * y0_hat).clamp(0.0, 1.0)
+    likelihood = ((1 - y_t) - prior).abs()  # p^y_t (1 - p)^(1 - y_t) for binary y_t
+    mix = (1 - a) * likelihood
+    prior1 = b * y0_hat + (1 - b) * prior
+    prior0 = b * (1 - y0_hat) + (1 - b) * (1 - prior)
+    theta1 = (a * y_t + mix) * prior1
+    theta0 = (a * (1 - y_t) + mix) * prior0
+    return theta1 / (theta0 + theta1).clamp_min(POSTERIOR_EPS)
+
+
+def bernoulli_step(
+    y_t: Tensor, eps_hat: Tensor, prior: Tensor, coef: Tensor, mode: str, seed: int, offset: int
+) -> Tensor:
+    """One reverse Bernoulli diffusion step: mean (:func:`bernoulli_mean`) and a draw from it.
+
+    Element ``i`` (row-major over ``y_t``'s shape) is 1.0 where
+    ``counter_uniform(seed, offset)[i] < mean[i]`` else 0.0, so a sample depends only on
+    (seed, offset) and the inputs, never on the backend or the thread count.
+
+    Returns:
+        float32 tensor of ``y_t``'s shape with values in {0, 1}.
+    """
+    mean = bernoulli_mean(y_t.float(), eps_hat.float(), prior.float(), coef.float(), mode)
+    uniform = counter_uniform(seed, offset, mean.numel(), mean.device).view(mean.shape)
+    return (uniform < mean).to(torch.float32)

@@ -18,10 +18,11 @@ identity masked to ``|W| <= 1`` for weights.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -128,6 +129,26 @@ class _PackedWeightCache:
         return self._value
 
 
+_PACKED_KERNELS_ENABLED = True
+
+
+@contextlib.contextmanager
+def packed_kernels(enabled: bool) -> Iterator[None]:
+    """Context manager that allows (default) or forbids the packed kernels in every binary layer.
+
+    With ``enabled=False`` the layers compute the same +-1 arithmetic in float (the straight-through
+    path, as a float simulation of a binary network would), which is what the packed kernels are
+    compared and timed against.
+    """
+    global _PACKED_KERNELS_ENABLED
+    previous = _PACKED_KERNELS_ENABLED
+    _PACKED_KERNELS_ENABLED = bool(enabled)
+    try:
+        yield
+    finally:
+        _PACKED_KERNELS_ENABLED = previous
+
+
 class _BinaryLayer(nn.Module):
     """What BinaryConv2d and BinaryLinear share: the packed-weight cache and the choice of path."""
 
@@ -141,7 +162,7 @@ class _BinaryLayer(nn.Module):
 
     def _use_packed_kernels(self, x: Tensor, threshold: Tensor | None) -> bool:
         """Packed kernels unless training, or unless autograd needs the straight-through graph."""
-        if self.training:
+        if self.training or not _PACKED_KERNELS_ENABLED:
             return False
         if not torch.is_grad_enabled():
             return True

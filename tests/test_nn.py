@@ -229,3 +229,16 @@ def test_binarized_model_under_torch_compile():
     compiled = torch.compile(model)
     compiled(x).sum().backward()
     assert model.body[1].weight.grad is not None
+
+
+def test_packed_kernels_switch_selects_the_float_path_with_equal_results():
+    torch.manual_seed(0)
+    layer = hnn.BinaryConv2d(35, 12, 3, padding=1).eval()
+    x = torch.randn(2, 35, 9, 11)
+    with torch.no_grad():
+        packed = layer(x)
+        with hnn.packed_kernels(False):
+            assert not layer._use_packed_kernels(x, None)
+            simulated = layer(x)
+        assert layer._use_packed_kernels(x, None)
+    torch.testing.assert_close(packed, simulated, rtol=1e-5, atol=1e-4)

@@ -6,7 +6,9 @@
 #include <torch/library.h>
 
 #include <optional>
+#include <string>
 
+#include "../core/bernoulli.h"
 #include "../core/binary_conv.h"
 #include "../core/bitpack.h"
 #include "../core/time_activation.h"
@@ -164,6 +166,54 @@ at::Tensor time_activation_cpu(const at::Tensor& u, const at::Tensor& gamma, con
   return out.to(u.scalar_type());
 }
 
+
+at::Tensor bernoulli_step_cpu(const at::Tensor& y_t, const at::Tensor& eps_hat, const at::Tensor& prior,
+                              const at::Tensor& coef, c10::string_view mode, int64_t seed, int64_t offset) {
+  const auto check_state = [&](const at::Tensor& t, const char* name) {
+    check_cpu(t, name);
+    TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat, name, " must be float32, got ", t.scalar_type());
+    TORCH_CHECK_VALUE(t.sizes() == y_t.sizes(), name, " must have the shape of y_t ", y_t.sizes(), ", got ",
+                      t.sizes());
+  };
+  check_state(y_t, "y_t");
+  check_state(eps_hat, "eps_hat");
+  check_state(prior, "prior");
+  TORCH_CHECK_VALUE(y_t.dim() >= 1, "y_t must have a batch dimension (N, ...), got a 0-d tensor");
+  check_cpu(coef, "coef");
+  TORCH_CHECK_TYPE(coef.scalar_type() == at::kFloat, "coef must be float32, got ", coef.scalar_type());
+  const int64_t N = y_t.size(0);
+  TORCH_CHECK_VALUE(coef.dim() == 2 && coef.size(0) == N && coef.size(1) == 2, "coef must have shape (N, 2) = (", N,
+                    ", 2), got ", coef.sizes());
+  core::BernoulliMode kernel_mode;
+  if (mode == "posterior") {
+    kernel_mode = core::BernoulliMode::Posterior;
+  } else if (mode == "ddim") {
+    kernel_mode = core::BernoulliMode::Ddim;
+  } else {
+    TORCH_CHECK_VALUE(false, "mode must be one of ('posterior', 'ddim'), got '", std::string(mode), "'");
+  }
+  TORCH_CHECK_VALUE(offset >= 0, "offset must be non-negative, got ", offset);
+
+  // Element i of the flattened (row-major) tensor uses counter offset + i, so any memory layout of
+  // the inputs is first brought to the logical order.
+  const at::Tensor y = y_t.contiguous(), e = eps_hat.contiguous(), p = prior.contiguous(), c = coef.contiguous();
+  at::Tensor out = at::empty(y_t.sizes(), y_t.options().memory_format(at::MemoryFormat::Contiguous));
+  const int64_t numel = out.numel();
+  if (numel == 0) return out;
+  const int64_t inner = numel / N;
+  const float *y_ptr = y.data_ptr<float>(), *e_ptr = e.data_ptr<float>(), *p_ptr = p.data_ptr<float>();
+  const float* c_ptr = c.data_ptr<float>();
+  float* out_ptr = out.data_ptr<float>();
+  // The seed is taken modulo 2^64 (two's complement), as the reference does.
+  const uint64_t key = static_cast<uint64_t>(seed);
+  // Counters are per element, so the split over threads cannot change the result.
+  at::parallel_for(0, numel, 16384, [&](int64_t begin, int64_t end) {
+    core::bernoulli_step(y_ptr, e_ptr, p_ptr, c_ptr, inner, kernel_mode, key, static_cast<uint64_t>(offset), out_ptr,
+                         begin, end);
+  });
+  return out;
+}
+
 }  // namespace
 }  // namespace hidiff
 
@@ -172,4 +222,5 @@ TORCH_LIBRARY_IMPL(hidiff, CPU, m) {
   m.impl("pack_weight", &hidiff::pack_weight_cpu);
   m.impl("binary_conv2d", &hidiff::binary_conv2d_cpu);
   m.impl("time_activation", &hidiff::time_activation_cpu);
+  m.impl("bernoulli_step", &hidiff::bernoulli_step_cpu);
 }

@@ -1,0 +1,48 @@
+"""Bernoulli diffusion of segmentation masks around a segmentor prior (HiDiff paper Sec. II-B.1).
+
+- :mod:`.schedules`: cosine schedules (the paper's squared one and the public code's unsquared one)
+  and the timestep convention.
+- :mod:`.process`: forward sampling (XOR reparameterisation), the posterior of Eq. 7, calibration.
+- :mod:`.losses`: KL / decoder NLL + focal loss (Eq. 11-13).
+- :mod:`.samplers`: ancestral and DDIM samplers with respacing and ensembles, on the counter RNG of
+  ``hidiff_kernels.bernoulli_step``.
+- :class:`BernoulliDiffusion` ties them together.
+"""
+
+from .bernoulli import BernoulliDiffusion
+from .losses import DiffusionLoss, bernoulli_kl, bernoulli_nll, diffusion_loss, focal_loss
+from .process import calibrate, posterior_mean, q_sample
+from .samplers import SAMPLERS, DenoiseFn, respace, sample, sample_chain, step_coefficients, to_mask
+from .schedules import (
+    MAX_BETA,
+    SCHEDULES,
+    BernoulliSchedule,
+    continuous_alpha_bar,
+    make_betas,
+    make_schedule,
+)
+
+__all__ = [
+    "MAX_BETA",
+    "SAMPLERS",
+    "SCHEDULES",
+    "BernoulliDiffusion",
+    "BernoulliSchedule",
+    "DenoiseFn",
+    "DiffusionLoss",
+    "bernoulli_kl",
+    "bernoulli_nll",
+    "calibrate",
+    "continuous_alpha_bar",
+    "diffusion_loss",
+    "focal_loss",
+    "make_betas",
+    "make_schedule",
+    "posterior_mean",
+    "q_sample",
+    "respace",
+    "sample",
+    "sample_chain",
+    "step_coefficients",
+    "to_mask",
+]

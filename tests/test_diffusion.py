@@ -307,6 +307,8 @@ def test_loss_input_errors():
         diffusion.training_loss(oracle(y0), y0, prior[:, :, :2])
     with pytest.raises(ValueError, match="denoise_fn must return"):
         diffusion.training_loss(lambda y_t, t: y_t[:1], y0, prior)
+    with pytest.raises(ValueError, match="y0 must have the shape of y_t"):
+        diffusion.posterior(y0, y0[..., :2], prior, torch.tensor([1, 2]))
 
 
 # --- samplers ----------------------------------------------------------------------------------

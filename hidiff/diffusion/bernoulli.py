@@ -14,14 +14,14 @@ from .schedules import BernoulliSchedule, make_schedule
 __all__ = ["BernoulliDiffusion"]
 
 
-def _check_pair(y0: Tensor, prior: Tensor, y0_name: str = "y0") -> None:
-    for name, x in ((y0_name, y0), ("prior", prior)):
-        if not isinstance(x, Tensor) or not x.dtype.is_floating_point:
-            raise TypeError(f"{name} must be a floating tensor, got {getattr(x, 'dtype', type(x).__name__)}")
-    if y0.dim() < 2 or y0.shape[0] == 0:
-        raise ValueError(f"{y0_name} must have shape (B, K, ...) with B >= 1, got {tuple(y0.shape)}")
-    if prior.shape != y0.shape:
-        raise ValueError(f"prior must have the shape of {y0_name} {tuple(y0.shape)}, got {tuple(prior.shape)}")
+def _check_pair(x: Tensor, other: Tensor, x_name: str = "y0", other_name: str = "prior") -> None:
+    for name, value in ((x_name, x), (other_name, other)):
+        if not isinstance(value, Tensor) or not value.dtype.is_floating_point:
+            raise TypeError(f"{name} must be a floating tensor, got {getattr(value, 'dtype', type(value).__name__)}")
+    if x.dim() < 2 or x.shape[0] == 0:
+        raise ValueError(f"{x_name} must have shape (B, K, ...) with B >= 1, got {tuple(x.shape)}")
+    if other.shape != x.shape:
+        raise ValueError(f"{other_name} must have the shape of {x_name} {tuple(x.shape)}, got {tuple(other.shape)}")
 
 
 class BernoulliDiffusion:
@@ -132,8 +132,8 @@ class BernoulliDiffusion:
             prior: float, y_t's shape, in [0, 1].
             t: int64 ``(B,)``.
         """
-        _check_pair(y_t, prior, "y_t")
-        _check_pair(y_t, y0, "y_t")
+        _check_pair(y_t, prior, "y_t", "prior")
+        _check_pair(y_t, y0, "y_t", "y0")
         t = self._check_t(t, y_t.shape[0])
         return posterior_mean(y_t, y0, prior, self._gather(self.alphas, t), self._gather(self.alphas_cumprod_prev, t))
 

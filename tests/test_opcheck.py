@@ -22,6 +22,18 @@ def _conv_samples():
     ]
 
 
+def _bernoulli_samples():
+    y_t = torch.randint(0, 2, (2, 3, 4, 5)).float()
+    coef = torch.tensor([[0.9, 0.6], [0.5, 0.2]])
+    y_1d = torch.randint(0, 2, (5,)).float()
+    coef_1d = torch.rand(5, 2)
+    return [
+        (y_t, torch.rand(2, 3, 4, 5), torch.rand(2, 3, 4, 5), coef, "posterior", 7, 0),
+        (y_t, torch.rand(2, 3, 4, 5), torch.rand(2, 3, 4, 5), coef, "ddim", 2**40, 120),
+        (y_1d, torch.rand(5), torch.rand(5), coef_1d, "ddim", -3, 2**33),
+    ]
+
+
 SAMPLES = {
     "binarize_pack": lambda: [
         (torch.randn(2, 33, 4, 5), None),
@@ -39,6 +51,7 @@ SAMPLES = {
         ),
         (torch.randn(2, 5), torch.randn(2, 5), torch.randn(2, 5), torch.rand(5)),
     ],
+    "bernoulli_step": _bernoulli_samples,
 }
 
 

@@ -20,7 +20,9 @@ x, w = torch.randn(2, 45, 9, 7, generator=g), torch.randn(6, 45, 3, 3, generator
 t, s, b = torch.randn(2, 45, generator=g), torch.rand(6, generator=g), torch.randn(6, generator=g)
 y = hk.binary_conv2d(hk.binarize_pack(x, t), hk.pack_weight(w), 45, 2, 1, 2, s, b)
 z = hk.time_activation(y, torch.randn(2, 6, generator=g), torch.randn(2, 6, generator=g), torch.rand(6, generator=g))
-torch.save({"y": y, "z": z}, OUT)
+e, p, c = torch.rand(z.shape, generator=g), torch.rand(z.shape, generator=g), torch.rand(2, 2, generator=g)
+s = [hk.bernoulli_step((z > 0).float(), e, p, c, mode, -7, 11) for mode in ("posterior", "ddim")]
+torch.save({"y": y, "z": z, "s": s}, OUT)
 """
 
 
@@ -36,5 +38,9 @@ def test_reference_only_mode_matches_compiled_kernels(tmp_path):
     z = hk.time_activation(
         y, torch.randn(2, 6, generator=g), torch.randn(2, 6, generator=g), torch.rand(6, generator=g)
     )
+    e, p, c = torch.rand(z.shape, generator=g), torch.rand(z.shape, generator=g), torch.rand(2, 2, generator=g)
+    s = [hk.bernoulli_step((z > 0).float(), e, p, c, mode, -7, 11) for mode in ("posterior", "ddim")]
     assert torch.equal(y, expected["y"])
     assert torch.equal(z, expected["z"])
+    for ours, theirs in zip(s, expected["s"], strict=True):
+        assert torch.equal(ours, theirs)

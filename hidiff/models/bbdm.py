@@ -1,0 +1,188 @@
+"""The refiner: a binary (or real) Bernoulli diffusion U-Net, BBDM (HIDIFF_SPEC section 3)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from hidiff_kernels.nn import BinaryConv2d, BinaryLinear
+
+from .layers import BinaryBlock, ConcatLayer, DownBlock, Head, TimeEmbedding, UpBlock
+from .xformer import XFormer
+
+#: The refiner's input must be divisible by this (five stride-2 stages).
+SIZE_DIVISOR = 32
+
+
+class BBDM(nn.Module):
+    """Binary Bernoulli diffusion model: predicts the flip map ``eps_hat`` of ``y_t``.
+
+    A U-Net of base width C (levels for a 256x256 input: 256 (C), 128 (C), 64 (2C), 32 (2C),
+    16 (4C), 8 (4C)) on ``concat(image, y_t, prior)``, conditioned on the time embedding and on
+    the four segmentor features (concatenation layers at H/4, H/8, H/16; the X-Former at H/32).
+    The input conv, the time MLP, every time-conditioned linear, the norms, the condition
+    ResBlocks and the head stay in full precision; with ``binary=True`` every other conv and the
+    X-Former's linears are binary. ``binary=False`` is the real refiner with the same module tree
+    and ``state_dict`` keys (real convs/linears, TB's thresholds acting as time-dependent shifts,
+    TA kept as the activation).
+
+    Args:
+        image_channels: Cimg, channels of the image.
+        num_classes: K, channels of the mask (1 for a single object; K > 1 includes background).
+        model_channels: C, the base width (128 in the paper).
+        cond_channels: channels of the segmentor features at H/4, H/8, H/16, H/32.
+        binary: binary refiner (BBDM) or its real-valued twin.
+        xformer: fuse the H/32 feature with the X-Former (True) or with a concatenation layer
+            like the shallower levels (the ablation without the X-Former).
+
+    Shapes:
+        ``forward(image, y_t, prior, t, features)``: image float ``(B, Cimg, H, W)``, y_t and prior
+        float ``(B, K, H, W)``, t int64 ``(B,)`` (or a scalar, broadcast), features a sequence of 4
+        float tensors ``(B, cond_channels[i], H / 2^(i+2), W / 2^(i+2))``; H and W divisible by 32.
+        Returns ``eps_hat`` float ``(B, K, H, W)`` in (0, 1).
+
+    In eval mode with autograd off the binary layers run the bit-packed XNOR-popcount kernels;
+    otherwise they run the straight-through float simulation of the same arithmetic.
+    """
+
+    def __init__(
+        self,
+        image_channels: int,
+        num_classes: int,
+        model_channels: int = 128,
+        cond_channels: Sequence[int] = (96, 192, 384, 768),
+        binary: bool = True,
+        xformer: bool = True,
+    ) -> None:
+        super().__init__()
+        for name, value in (
+            ("image_channels", image_channels),
+            ("num_classes", num_classes),
+            ("model_channels", model_channels),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        cond_channels = tuple(cond_channels)
+        if len(cond_channels) != 4 or not all(isinstance(c, int) and c > 0 for c in cond_channels):
+            raise ValueError(f"cond_channels must be 4 positive ints (features at H/4..H/32), got {cond_channels!r}")
+        self.image_channels = image_channels
+        self.num_classes = num_classes
+        self.model_channels = model_channels
+        self.cond_channels: tuple[int, int, int, int] = cond_channels
+        self.binary = bool(binary)
+        self.use_xformer = bool(xformer)
+        self.in_channels = image_channels + 2 * num_classes
+
+        c, e = model_channels, 4 * model_channels
+        b = self.binary
+        self.time_embed = TimeEmbedding(c)
+        self.input_conv = nn.Conv2d(self.in_channels, c, 3, padding=1)
+        # Encoder; the comments give the resolution of the block's output and the skip index.
+        self.block1 = BinaryBlock(c, c, e, b)  # H, skip 0
+        self.down1 = DownBlock(c, c, e, b)
+        self.block2 = BinaryBlock(c, c, e, b)  # H/2, skip 1
+        self.down2 = DownBlock(c, 2 * c, e, b)
+        self.block3 = BinaryBlock(2 * c, 2 * c, e, b)
+        self.concat1 = ConcatLayer(cond_channels[0], 2 * c, e, b)  # H/4, skip 2
+        self.down3 = DownBlock(2 * c, 2 * c, e, b)
+        self.block4 = BinaryBlock(2 * c, 2 * c, e, b)
+        self.concat2 = ConcatLayer(cond_channels[1], 2 * c, e, b)  # H/8, skip 3
+        self.down4 = DownBlock(2 * c, 4 * c, e, b)
+        self.block5 = BinaryBlock(4 * c, 4 * c, e, b)
+        self.concat3 = ConcatLayer(cond_channels[2], 4 * c, e, b)  # H/16, skip 4
+        self.down5 = DownBlock(4 * c, 4 * c, e, b)
+        # Bottleneck at H/32.
+        self.mid1 = BinaryBlock(4 * c, 4 * c, e, b)
+        self.fuse = (
+            XFormer(cond_channels[3], 4 * c, e, binary=b) if xformer else ConcatLayer(cond_channels[3], 4 * c, e, b)
+        )
+        self.mid2 = BinaryBlock(4 * c, 4 * c, e, b)
+        # Decoder: UpBlock, then a block on concat(h, skip).
+        self.up1 = UpBlock(4 * c, 4 * c, e, b)
+        self.merge1 = BinaryBlock(8 * c, 4 * c, e, b)  # H/16
+        self.up2 = UpBlock(4 * c, 2 * c, e, b)
+        self.merge2 = BinaryBlock(4 * c, 2 * c, e, b)  # H/8
+        self.up3 = UpBlock(2 * c, 2 * c, e, b)
+        self.merge3 = BinaryBlock(4 * c, 2 * c, e, b)  # H/4
+        self.up4 = UpBlock(2 * c, c, e, b)
+        self.merge4 = BinaryBlock(2 * c, c, e, b)  # H/2
+        self.up5 = UpBlock(c, c, e, b)
+        self.merge5 = BinaryBlock(2 * c, c, e, b)  # H
+        self.head = Head(c, num_classes)
+
+    def extra_repr(self) -> str:
+        return (
+            f"image_channels={self.image_channels}, num_classes={self.num_classes}, "
+            f"model_channels={self.model_channels}, cond_channels={self.cond_channels}, binary={self.binary}, "
+            f"xformer={self.use_xformer}"
+        )
+
+    def parameter_breakdown(self) -> dict[str, int]:
+        """Parameter counts: ``total``, ``binary_conv`` and ``binary_linear`` (weights of the binary
+        layers; 0 for the real refiner) and ``real`` (everything else, kept in full precision)."""
+        total = sum(p.numel() for p in self.parameters())
+        conv = sum(m.weight.numel() for m in self.modules() if isinstance(m, BinaryConv2d))
+        linear = sum(m.weight.numel() for m in self.modules() if isinstance(m, BinaryLinear))
+        return {"total": total, "binary_conv": conv, "binary_linear": linear, "real": total - conv - linear}
+
+    def _check_inputs(self, image: Tensor, y_t: Tensor, prior: Tensor, t: Tensor, features: Sequence[Tensor]) -> Tensor:
+        """Validates the inputs; returns t as a ``(B,)`` tensor."""
+        if not isinstance(image, Tensor) or image.dim() != 4 or image.shape[1] != self.image_channels:
+            raise ValueError(
+                f"image must be a (B, {self.image_channels}, H, W) tensor, got "
+                f"{tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__}"
+            )
+        batch, _, height, width = image.shape
+        if height % SIZE_DIVISOR or width % SIZE_DIVISOR:
+            raise ValueError(f"image height and width must be divisible by {SIZE_DIVISOR}, got {height}x{width}")
+        expected = (batch, self.num_classes, height, width)
+        for name, value in (("y_t", y_t), ("prior", prior)):
+            if not isinstance(value, Tensor) or tuple(value.shape) != expected:
+                shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                raise ValueError(f"{name} must have shape {expected} (B, K, H, W), got {shape}")
+        if not isinstance(t, Tensor):
+            raise TypeError(f"t must be a tensor of timesteps, got {type(t).__name__}")
+        if t.dtype == torch.bool or t.is_complex():
+            raise TypeError(f"t must hold integer (or real) timesteps, got dtype {t.dtype}")
+        if t.dim() == 0:
+            t = t.expand(batch)
+        if t.shape != (batch,):
+            raise ValueError(f"t must have shape ({batch},) or be a scalar, got {tuple(t.shape)}")
+        if not isinstance(features, (list, tuple)) or len(features) != 4:
+            raise ValueError(f"features must be a list of 4 tensors at H/4, H/8, H/16, H/32, got {type(features)}")
+        for i, (feature, channels) in enumerate(zip(features, self.cond_channels, strict=True)):
+            stride = 4 * 2**i
+            want = (batch, channels, height // stride, width // stride)
+            if not isinstance(feature, Tensor) or tuple(feature.shape) != want:
+                shape = tuple(feature.shape) if isinstance(feature, Tensor) else type(feature).__name__
+                raise ValueError(f"features[{i}] must have shape {want} (B, C, H/{stride}, W/{stride}), got {shape}")
+        return t
+
+    def forward(self, image: Tensor, y_t: Tensor, prior: Tensor, t: Tensor, features: Sequence[Tensor]) -> Tensor:
+        t = self._check_inputs(image, y_t, prior, t, features)
+        emb = self.time_embed(t)
+        h = self.input_conv(torch.cat([image, y_t, prior], dim=1))
+        skips = []
+        h = self.block1(h, emb)
+        skips.append(h)
+        h = self.block2(self.down1(h, emb), emb)
+        skips.append(h)
+        h = self.concat1(self.block3(self.down2(h, emb), emb), features[0], emb)
+        skips.append(h)
+        h = self.concat2(self.block4(self.down3(h, emb), emb), features[1], emb)
+        skips.append(h)
+        h = self.concat3(self.block5(self.down4(h, emb), emb), features[2], emb)
+        skips.append(h)
+        h = self.mid1(self.down5(h, emb), emb)
+        h = self.mid2(self.fuse(h, features[3], emb), emb)
+        for up, merge in (
+            (self.up1, self.merge1),
+            (self.up2, self.merge2),
+            (self.up3, self.merge3),
+            (self.up4, self.merge4),
+            (self.up5, self.merge5),
+        ):
+            h = merge(torch.cat([up(h, emb), skips.pop()], dim=1), emb)
+        return self.head(h)

@@ -1,0 +1,238 @@
+"""Building blocks of the refiner (HIDIFF_SPEC sections 2 and 3).
+
+Every block exists in a binary and a real form with the same module tree: the binary form uses
+:class:`~hidiff_kernels.nn.BinaryConv2d` where the real one uses ``nn.Conv2d``; everything else
+(the time-dependent threshold linears of TB, the TA activations, BatchNorm, shortcuts) is shared.
+In the real form TB's threshold becomes a plain time-dependent shift of the conv's input (as in
+the public real model), so the two forms have the same parameters and ``state_dict`` keys.
+
+Time conditioning: TB, TA and the FiLM of the condition ResBlocks read the full time embedding
+``e_t`` of width ``4C`` (each applies SiLU then its own zero-initialised linear layer).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hidiff_kernels.nn import BinaryConv2d, TimeActivation, TimeBinarize
+
+
+def group_norm(channels: int, max_groups: int = 32) -> nn.GroupNorm:
+    """GroupNorm with 32 groups, or the largest divisor of ``channels`` that divides 32.
+
+    The public code uses 32 groups everywhere; the fallback lets segmentor features of any width
+    (e.g. 40 or 24 channels from a timm backbone) be projected.
+    """
+    return nn.GroupNorm(math.gcd(max_groups, channels), channels)
+
+
+def zero_module(module: nn.Module) -> nn.Module:
+    """Zeroes every parameter of ``module`` in place (layers whose branch must start at 0)."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.zero_()
+    return module
+
+
+def conv3x3(in_channels: int, out_channels: int, stride: int, binary: bool) -> nn.Module:
+    """3x3 convolution with padding 1 and bias: binary (XNOR-popcount) or real."""
+    cls = BinaryConv2d if binary else nn.Conv2d
+    return cls(in_channels, out_channels, 3, stride=stride, padding=1)
+
+
+def conv_with_threshold(conv: nn.Module, x: Tensor, threshold: Tensor) -> Tensor:
+    """Applies ``conv`` to ``x`` binarised at the per-sample thresholds (TB), or shifted by them.
+
+    A :class:`BinaryConv2d` fuses ``sign(x - threshold)`` into its packing; a real convolution
+    sees ``x - threshold`` (the public real model's time-dependent bias before the conv).
+
+    Args:
+        conv: BinaryConv2d or nn.Conv2d.
+        x: float ``(B, C, H, W)``.
+        threshold: float ``(B, C)``.
+    """
+    if isinstance(conv, BinaryConv2d):
+        return conv(x, threshold)
+    return conv(x - threshold[:, :, None, None])
+
+
+def channel_pair_mean(x: Tensor) -> Tensor:
+    """Mean of adjacent channel pairs (2i, 2i+1): ``(B, 2C, H, W) -> (B, C, H, W)``.
+
+    The parameter-free shortcut of a block that halves the width.
+    """
+    b, c, *spatial = x.shape
+    return x.reshape(b, c // 2, 2, *spatial).mean(dim=2)
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal embedding ``[cos(t f) | sin(t f)]``, ``f_i = max_period^(-i / (dim // 2))``.
+
+    Args:
+        t: ``(B,)`` timesteps (integers 0..T-1; any real dtype).
+        dim: embedding width; an odd width gets one trailing zero.
+
+    Returns:
+        float32 ``(B, dim)``.
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+    return emb
+
+
+class TimeEmbedding(nn.Module):
+    """``e_t = Linear(4C -> 4C)(SiLU(Linear(C -> 4C)(sinusoid_C(t))))``.
+
+    Shapes: ``t (B,)`` -> float32 ``(B, 4C)``.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = channels
+        self.mlp = nn.Sequential(nn.Linear(channels, 4 * channels), nn.SiLU(), nn.Linear(4 * channels, 4 * channels))
+
+    def forward(self, t: Tensor) -> Tensor:
+        return self.mlp(timestep_embedding(t, self.channels))
+
+
+class ResBlock(nn.Module):
+    """Full-precision condition ResBlock ``F -> E`` with FiLM time conditioning.
+
+    ``h = conv3x3(SiLU(GN(x)))``; ``h = GN(h) * (1 + s(t)) + b(t)``; ``h = zero_conv3x3(SiLU(h))``;
+    ``out = skip(x) + h`` with ``skip`` the identity (F = E) or a 1x1 conv. The last conv is
+    zero-initialised, so at init the block is its skip path.
+
+    Shapes: ``x (B, F, H, W)``, ``emb (B, emb_dim)`` -> ``(B, E, H, W)``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, emb_dim: int) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.in_layers = nn.Sequential(
+            group_norm(in_channels), nn.SiLU(), nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        )
+        self.film = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, 2 * out_channels))
+        self.out_norm = group_norm(out_channels)
+        self.out_conv = zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1))
+        self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        h = self.in_layers(x)
+        scale, shift = self.film(emb)[:, :, None, None].chunk(2, dim=1)
+        h = self.out_norm(h) * (1 + scale) + shift
+        return self.skip(x) + self.out_conv(F.silu(h))
+
+
+class BinaryBlock(nn.Module):
+    """Binary block: ``u = BN(conv3x3(TB(x))) + shortcut(x)``; ``out = TA(u)``.
+
+    The shortcut is the identity at equal width and :func:`channel_pair_mean` when the width
+    halves (the merges of the decoder and of :class:`ConcatLayer`).
+
+    Shapes: ``x (B, in_channels, H, W)``, ``emb (B, emb_dim)`` -> ``(B, out_channels, H, W)``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, emb_dim: int, binary: bool = True) -> None:
+        super().__init__()
+        if in_channels not in (out_channels, 2 * out_channels):
+            raise ValueError(
+                f"in_channels must equal out_channels or twice it (identity or channel-pair-mean shortcut), "
+                f"got {in_channels} -> {out_channels}"
+            )
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.tb = TimeBinarize(in_channels, emb_dim)
+        self.conv = conv3x3(in_channels, out_channels, 1, binary)
+        self.bn = nn.BatchNorm2d(out_channels)
+        self.ta = TimeActivation(out_channels, emb_dim)
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        u = self.bn(conv_with_threshold(self.conv, x, self.tb.threshold(emb)))
+        shortcut = x if self.in_channels == self.out_channels else channel_pair_mean(x)
+        return self.ta(u + shortcut, emb)
+
+
+class UpBlock(BinaryBlock):
+    """Nearest-neighbour x2 upsampling, then a :class:`BinaryBlock` (``(B, in, H, W) -> (B, out, 2H, 2W)``)."""
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        return super().forward(F.interpolate(x, scale_factor=2.0, mode="nearest"), emb)
+
+
+class DownBlock(nn.Module):
+    """Stride-2 binary block: ``out_channels / in_channels`` (1 or 2) parallel convolutions ``in -> in``.
+
+    Branch ``i``: ``BN_i(conv3x3_stride2_i(TB(x))) + AvgPool2d(2)(x)``; the branches are
+    concatenated along channels and passed through TA.
+
+    Shapes: ``x (B, in, H, W)`` (H, W even) -> ``(B, out, H/2, W/2)``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, emb_dim: int, binary: bool = True) -> None:
+        super().__init__()
+        if out_channels not in (in_channels, 2 * in_channels):
+            raise ValueError(
+                f"out_channels must equal in_channels or twice it (one or two parallel branches), "
+                f"got {in_channels} -> {out_channels}"
+            )
+        branches = out_channels // in_channels
+        self.tb = TimeBinarize(in_channels, emb_dim)
+        self.convs = nn.ModuleList(conv3x3(in_channels, in_channels, 2, binary) for _ in range(branches))
+        self.bns = nn.ModuleList(nn.BatchNorm2d(in_channels) for _ in range(branches))
+        self.pool = nn.AvgPool2d(2)
+        self.ta = TimeActivation(out_channels, emb_dim)
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        threshold = self.tb.threshold(emb)
+        pooled = self.pool(x)
+        u = torch.cat(
+            [
+                bn(conv_with_threshold(conv, x, threshold)) + pooled
+                for conv, bn in zip(self.convs, self.bns, strict=True)
+            ],
+            dim=1,
+        )
+        return self.ta(u, emb)
+
+
+class ConcatLayer(nn.Module):
+    """Fuses a segmentor feature map into the refiner: ``block(concat(h, ResBlock(f)))``.
+
+    ``ResBlock`` projects the feature ``F -> E`` in full precision; the binary block ``2E -> E``
+    has the channel-pair-mean shortcut.
+
+    Shapes: ``h (B, E, H, W)``, ``feature (B, F, H, W)``, ``emb (B, emb_dim)`` -> ``(B, E, H, W)``.
+    """
+
+    def __init__(self, feature_channels: int, channels: int, emb_dim: int, binary: bool = True) -> None:
+        super().__init__()
+        self.condition = ResBlock(feature_channels, channels, emb_dim)
+        self.block = BinaryBlock(2 * channels, channels, emb_dim, binary)
+
+    def forward(self, h: Tensor, feature: Tensor, emb: Tensor) -> Tensor:
+        return self.block(torch.cat([h, self.condition(feature, emb)], dim=1), emb)
+
+
+class Head(nn.Module):
+    """Full-precision output head: GroupNorm -> SiLU -> zero-initialised conv3x3 ``C -> K`` -> sigmoid.
+
+    The zero-initialised conv makes the output exactly 0.5 at init. Shapes:
+    ``(B, C, H, W) -> (B, K, H, W)`` in (0, 1).
+    """
+
+    def __init__(self, channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.norm = group_norm(channels)
+        self.conv = zero_module(nn.Conv2d(channels, num_classes, 3, padding=1))
+
+    def forward(self, h: Tensor) -> Tensor:
+        return torch.sigmoid(self.conv(F.silu(self.norm(h))))

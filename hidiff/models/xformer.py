@@ -1,0 +1,357 @@
+"""X-Former / BX-Former (HIDIFF_SPEC section 4): the refiner's bottleneck exchanges information
+with the deepest segmentor feature through two cross-attention transformer blocks.
+
+Layout (following the public code's parameterisation, so that the refiner's parameter count
+matches; the choices the spec leaves open are noted):
+
+* The feature ``F3`` is projected by a full-precision :class:`~hidiff.models.layers.ResBlock` to
+  ``D = 4C``; both maps become ``(B, N, D)`` token sequences, ``N = H/32 * W/32``.
+* Block 1 (segmentor stream ``c``): queries from the diffusion tokens, keys/values from the
+  segmentor tokens; ``c <- FFN(c + LayerScale(proj(attn)))``.
+  Block 2 (diffusion stream ``h``): queries from the updated segmentor tokens, keys/values from
+  the diffusion tokens; ``h <- FFN(h + LayerScale(proj(attn)))``. Each block normalises its
+  inputs with its own token BatchNorms (block 2 normalises the raw diffusion tokens; the public
+  code normalised them twice).
+* Every projection is a *unit*: ``BN(Linear(x shifted by tau(t))) + residual(x)`` followed by TA
+  (RPReLU with time-dependent shifts). Binary form: the linear is a :class:`CenteredBinaryLinear`
+  and the shift is TB's threshold; real form: ``nn.Linear`` on the shifted input.
+* Attention (4 heads): Q, K, V units, then a time-dependent shift (binary form: a sign, TB), scores
+  ``q k^T / sqrt(d)``; binary form: probabilities binarised in the forward pass (1 where the
+  score is above 0.35 times the row maximum) with the softmax gradient (straight through); real
+  form: softmax. Output: ``TA(BN(context) + q + k + v)`` (the units' outputs as residuals).
+* FFN (expansion 4): ``inter = TA(BN(Linear_{D->4D}(x)) + x repeated)``, ``out = TA(BN(Linear_{4D->D}
+  (inter)) + mean of groups of 4 channels of inter)``. Each channel is repeated 4 times in place
+  (``repeat_interleave``) so that the group mean of the shortcut returns the channel itself: the
+  FFN shortcut is an exact identity path (the public code tiled the channels instead, mixing 4
+  unrelated channels). Plus four local mixing branches (average pools 3x1, 1x3, 5x1, 1x5 on the
+  token map), each with its own LayerScale, as in the public code.
+* LayerScale: ``x * s(t) + b(t)`` with zero-initialised ``s``, ``b``: at init every branch is exactly
+  0, so the whole X-Former is the identity on the refiner's bottleneck.
+* Tokens go back to a map with the transpose ``(B, N, D) -> (B, D, N) -> (B, D, H, W)``; the public
+  code reshaped ``(B, N, D)`` directly, scrambling channels and positions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import hidiff_kernels as hk
+from hidiff_kernels.nn import ApproxSign, BinaryLinear, TimeActivation, TimeBinarize, WeightSign
+
+from .layers import ResBlock
+
+#: Attention probabilities are 1 where the score exceeds this fraction of the row maximum.
+ATTENTION_THRESHOLD = 0.35
+
+
+def map_to_tokens(x: Tensor) -> Tensor:
+    """``(B, C, H, W) -> (B, H*W, C)``: one token per position, row-major."""
+    return x.flatten(2).transpose(1, 2)
+
+
+def tokens_to_map(tokens: Tensor, height: int, width: int) -> Tensor:
+    """``(B, H*W, C) -> (B, C, H, W)``, the inverse of :func:`map_to_tokens` (transpose, then reshape)."""
+    b, n, c = tokens.shape
+    if n != height * width:
+        raise ValueError(f"tokens must hold height*width = {height * width} positions, got {n}")
+    return tokens.transpose(1, 2).reshape(b, c, height, width)
+
+
+class CenteredBinaryLinear(BinaryLinear):
+    """Binary linear layer with row-centred weights (the BX-Former's Q/K/V/FFN layers).
+
+    ``out = (sign(x - t) @ sign(W_c)^T) * alpha + bias`` with ``W_c = W - mean_row(W)`` and
+    ``alpha_o = mean |W_c[o]|`` (detached), the L2-optimal scale of ``sign(W_c)`` as an
+    approximation of ``W_c``. Gradients: ApproxSign for the input, the clipped identity
+    (``|W_c| <= 1``) for the weights, then through the centring. Same constructor, parameters and
+    packed/straight-through choice as :class:`~hidiff_kernels.nn.BinaryLinear`.
+
+    Shapes: ``x (..., in_features)``, optional threshold ``(in_features,)`` or ``(B, in_features)``
+    with ``B = x.shape[0]`` -> ``(..., out_features)``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, **kwargs) -> None:
+        super().__init__(in_features, out_features, bias, **kwargs)
+        self._centred_key: tuple | None = None
+        self._centred_value: tuple[Tensor, Tensor] | None = None
+
+    def clear_packed_cache(self) -> None:
+        """Drops the cached packed weights (needed only after writes through ``weight.data``)."""
+        super().clear_packed_cache()
+        self._centred_key = None
+        self._centred_value = None
+
+    def centred_weight(self) -> Tensor:
+        """``W - mean_row(W)``, float ``(out_features, in_features)`` (differentiable)."""
+        return self.weight - self.weight.mean(dim=1, keepdim=True)
+
+    def _packed_centred(self) -> tuple[Tensor, Tensor]:
+        """Packed ``sign(W_c)`` and ``alpha``, recomputed only when the weight changes (see nn.py's cache)."""
+        weight = self.weight
+        version = None if weight.is_inference() else weight._version
+        key = (weight.data_ptr(), version, weight.device, weight.dtype, tuple(weight.shape))
+        if version is None or key != self._centred_key or self._centred_value is None:
+            with torch.no_grad():
+                centred = self.centred_weight()
+                self._centred_value = (
+                    hk.pack_weight(centred[:, :, None, None]),
+                    centred.abs().mean(dim=1).float(),
+                )
+            self._centred_key = key
+        return self._centred_value
+
+    def _forward_ste(self, x: Tensor, threshold: Tensor | None) -> Tensor:
+        if threshold is not None:
+            shift = threshold if threshold.dim() == 1 else threshold.view(threshold.shape[0], *(1,) * (x.dim() - 2), -1)
+            x = x - shift
+        centred = self.centred_weight()
+        out = F.linear(ApproxSign.apply(x), WeightSign.apply(centred))
+        out = out * centred.detach().abs().mean(dim=1).to(out.dtype)
+        if self.bias is not None:
+            out = out + self.bias
+        return out
+
+    def _forward_packed(self, x: Tensor, threshold: Tensor | None) -> Tensor:
+        w_packed, scale = self._packed_centred()
+        per_sample = threshold is not None and threshold.dim() == 2
+        batch = x.shape[0] if per_sample else 1
+        tokens = x.reshape(batch, -1, self.in_features)
+        # (B, L, C) viewed as a channels-last (B, C, L, 1) image: packed without a copy.
+        x_packed = hk.binarize_pack(tokens.transpose(1, 2).unsqueeze(-1), threshold)
+        bias = self.bias.detach().float() if self.bias is not None else None
+        out = hk.binary_conv2d(x_packed, w_packed, self.in_features, 1, 0, 1, scale, bias)
+        return out.squeeze(-1).transpose(1, 2).reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
+
+class TokenBatchNorm(nn.BatchNorm1d):
+    """BatchNorm over the channels of tokens: ``(B, N, C) -> (B, N, C)``, statistics over B and N."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+
+
+class TokenTimeActivation(TimeActivation):
+    """TA (RPReLU with time-dependent shifts) on tokens: ``(B, N, C), (B, emb_dim) -> (B, N, C)``."""
+
+    def forward(self, u: Tensor, emb: Tensor) -> Tensor:
+        return super().forward(u.transpose(1, 2), emb).transpose(1, 2)
+
+
+class LayerScale(nn.Module):
+    """Time-dependent LayerScale ``x * s(t) + b(t)``, zero-initialised (the branch starts at exactly 0).
+
+    Shapes: ``x (B, N, C)``, ``emb (B, emb_dim)`` -> ``(B, N, C)``.
+    """
+
+    def __init__(self, channels: int, emb_dim: int) -> None:
+        super().__init__()
+        self.scale = nn.Linear(emb_dim, channels)
+        self.shift = nn.Linear(emb_dim, channels)
+        for layer in (self.scale, self.shift):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        e = F.silu(emb)
+        return x * self.scale(e)[:, None, :] + self.shift(e)[:, None, :]
+
+
+class LinearUnit(nn.Module):
+    """``BN(Linear(x shifted by tau(t)))``: binary (TB threshold, centred binary weights) or real.
+
+    Shapes: ``x (B, N, in_features)``, ``emb (B, emb_dim)`` -> ``(B, N, out_features)``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, emb_dim: int, binary: bool) -> None:
+        super().__init__()
+        self.tb = TimeBinarize(in_features, emb_dim)
+        self.linear = (
+            CenteredBinaryLinear(in_features, out_features) if binary else nn.Linear(in_features, out_features)
+        )
+        self.bn = TokenBatchNorm(out_features)
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        threshold = self.tb.threshold(emb)
+        if isinstance(self.linear, BinaryLinear):
+            return self.bn(self.linear(x, threshold))
+        return self.bn(self.linear(x - threshold[:, None, :]))
+
+
+class _BinarizedAttention(torch.autograd.Function):
+    """Forward: ``1[score > 0.35 * row max]``; backward: the gradient of the softmax (straight through)."""
+
+    @staticmethod
+    def forward(ctx, scores: Tensor) -> Tensor:
+        probs = torch.softmax(scores, dim=-1)
+        ctx.save_for_backward(probs)
+        return (scores > ATTENTION_THRESHOLD * scores.amax(dim=-1, keepdim=True)).to(scores.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (probs,) = ctx.saved_tensors
+        return probs * (grad - (grad * probs).sum(dim=-1, keepdim=True))
+
+
+def binarized_attention(scores: Tensor) -> Tensor:
+    """Binary attention probabilities (forward) with the softmax gradient, over the last dim."""
+    return _BinarizedAttention.apply(scores)
+
+
+class CrossAttention(nn.Module):
+    """Multi-head cross attention built from binary (or real) linear units.
+
+    Shapes: ``x_q (B, N, D)``, ``x_kv (B, M, D)`` with ``M = N`` (the key/value units' outputs
+    are residuals of the result), ``emb (B, emb_dim)`` -> ``(B, N, D)``.
+    """
+
+    def __init__(self, dim: int, emb_dim: int, heads: int = 4, binary: bool = True) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
+        self.dim = dim
+        self.heads = heads
+        self.binary = binary
+        self.q = LinearUnit(dim, dim, emb_dim, binary)
+        self.k = LinearUnit(dim, dim, emb_dim, binary)
+        self.v = LinearUnit(dim, dim, emb_dim, binary)
+        self.ta_q = TokenTimeActivation(dim, emb_dim)
+        self.ta_k = TokenTimeActivation(dim, emb_dim)
+        self.ta_v = TokenTimeActivation(dim, emb_dim)
+        # Shifts before the attention matmuls; binary form: TB (sign), real form: a plain shift.
+        self.tb_q = TimeBinarize(dim, emb_dim)
+        self.tb_k = TimeBinarize(dim, emb_dim)
+        self.tb_v = TimeBinarize(dim, emb_dim)
+        self.bn_out = TokenBatchNorm(dim)
+        self.ta_out = TokenTimeActivation(dim, emb_dim)
+
+    def _shift(self, tb: TimeBinarize, x: Tensor, emb: Tensor) -> Tensor:
+        shifted = x - tb.threshold(emb)[:, None, :]
+        return ApproxSign.apply(shifted) if self.binary else shifted
+
+    def _split_heads(self, x: Tensor) -> Tensor:
+        b, n, _ = x.shape
+        return x.reshape(b, n, self.heads, self.dim // self.heads).transpose(1, 2)
+
+    def forward(self, x_q: Tensor, x_kv: Tensor, emb: Tensor) -> Tensor:
+        q_mix = self.ta_q(self.q(x_q, emb) + x_q, emb)
+        k_mix = self.ta_k(self.k(x_kv, emb) + x_kv, emb)
+        v_mix = self.ta_v(self.v(x_kv, emb) + x_kv, emb)
+        q = self._split_heads(self._shift(self.tb_q, q_mix, emb))
+        k = self._split_heads(self._shift(self.tb_k, k_mix, emb))
+        v = self._split_heads(self._shift(self.tb_v, v_mix, emb))
+        scores = q @ k.transpose(-1, -2) / math.sqrt(self.dim // self.heads)
+        probs = binarized_attention(scores) if self.binary else torch.softmax(scores, dim=-1)
+        context = (probs @ v).transpose(1, 2).reshape(x_q.shape)
+        return self.ta_out(self.bn_out(context) + q_mix + k_mix + v_mix, emb)
+
+
+class Projection(nn.Module):
+    """Attention output projection: ``LayerScale(TA(unit(x) + x))`` (exactly 0 at init).
+
+    Shapes: ``(B, N, D), (B, emb_dim) -> (B, N, D)``.
+    """
+
+    def __init__(self, dim: int, emb_dim: int, binary: bool) -> None:
+        super().__init__()
+        self.unit = LinearUnit(dim, dim, emb_dim, binary)
+        self.ta = TokenTimeActivation(dim, emb_dim)
+        self.scale = LayerScale(dim, emb_dim)
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        return self.scale(self.ta(self.unit(x, emb) + x, emb), emb)
+
+
+class FeedForward(nn.Module):
+    """Residual FFN (expansion ``ratio``) with local mixing branches; see the module docstring.
+
+    Shapes: ``stream (B, N, D)``, ``update (B, N, D)``, ``emb (B, emb_dim)``, ``size = (H, W)``
+    with ``H * W = N`` -> ``(B, N, D)``.
+    """
+
+    #: (kernel height, kernel width) of the local mixing average pools.
+    LOCAL_KERNELS = ((3, 1), (1, 3), (5, 1), (1, 5))
+
+    def __init__(self, dim: int, emb_dim: int, binary: bool, ratio: int = 4) -> None:
+        super().__init__()
+        self.ratio = ratio
+        self.norm = TokenBatchNorm(dim)
+        self.expand = LinearUnit(dim, ratio * dim, emb_dim, binary)
+        self.ta_expand = TokenTimeActivation(ratio * dim, emb_dim)
+        self.reduce = LinearUnit(ratio * dim, dim, emb_dim, binary)
+        self.ta_reduce = TokenTimeActivation(dim, emb_dim)
+        self.scale = LayerScale(dim, emb_dim)
+        self.local_pools = nn.ModuleList(
+            nn.AvgPool2d(k, stride=1, padding=(k[0] // 2, k[1] // 2), count_include_pad=True)
+            for k in self.LOCAL_KERNELS
+        )
+        self.local_scales = nn.ModuleList(LayerScale(dim, emb_dim) for _ in self.LOCAL_KERNELS)
+
+    def forward(self, stream: Tensor, update: Tensor, emb: Tensor, size: tuple[int, int]) -> Tensor:
+        hidden = stream + update
+        x = self.norm(hidden)
+        inter = self.ta_expand(self.expand(x, emb) + x.repeat_interleave(self.ratio, dim=-1), emb)
+        b, n, d = x.shape
+        grouped_mean = inter.reshape(b, n, d, self.ratio).mean(dim=-1)
+        out = hidden + self.scale(self.ta_reduce(self.reduce(inter, emb) + grouped_mean, emb), emb)
+        x_map = tokens_to_map(x, *size)
+        for pool, scale in zip(self.local_pools, self.local_scales, strict=True):
+            out = out + scale(map_to_tokens(pool(x_map)), emb)
+        return out
+
+
+class XFormer(nn.Module):
+    """The X-Former (``binary=False``) or BX-Former (``binary=True``) at the refiner's bottleneck.
+
+    Args:
+        feature_channels: channels of the segmentor feature F3 (at H/32).
+        dim: refiner width at the bottleneck (4C).
+        emb_dim: width of the time embedding (4C).
+        heads: attention heads (4).
+        ffn_ratio: FFN expansion (4).
+        binary: binary linears and attention probabilities, or real ones.
+
+    Shapes:
+        ``forward(h, feature, emb)``: ``h (B, dim, h, w)``, ``feature (B, feature_channels, h, w)``,
+        ``emb (B, emb_dim)`` -> ``(B, dim, h, w)``. At init the output equals ``h`` exactly.
+    """
+
+    def __init__(
+        self, feature_channels: int, dim: int, emb_dim: int, heads: int = 4, ffn_ratio: int = 4, binary: bool = True
+    ) -> None:
+        super().__init__()
+        self.feature_channels = feature_channels
+        self.dim = dim
+        self.condition = ResBlock(feature_channels, dim, emb_dim)
+        # Block 1: diffusion tokens query the segmentor tokens; the result updates the segmentor stream.
+        self.norm_c1 = TokenBatchNorm(dim)
+        self.norm_h1 = TokenBatchNorm(dim)
+        self.attn1 = CrossAttention(dim, emb_dim, heads, binary)
+        self.proj1 = Projection(dim, emb_dim, binary)
+        self.ffn1 = FeedForward(dim, emb_dim, binary, ffn_ratio)
+        # Block 2: the updated segmentor tokens query the diffusion tokens; the result updates the diffusion stream.
+        self.norm_c2 = TokenBatchNorm(dim)
+        self.norm_h2 = TokenBatchNorm(dim)
+        self.attn2 = CrossAttention(dim, emb_dim, heads, binary)
+        self.proj2 = Projection(dim, emb_dim, binary)
+        self.ffn2 = FeedForward(dim, emb_dim, binary, ffn_ratio)
+
+    def forward(self, h: Tensor, feature: Tensor, emb: Tensor) -> Tensor:
+        if h.dim() != 4 or h.shape[1] != self.dim:
+            raise ValueError(f"h must be (B, {self.dim}, H, W), got shape {tuple(h.shape)}")
+        if feature.dim() != 4 or feature.shape[1] != self.feature_channels:
+            raise ValueError(f"feature must be (B, {self.feature_channels}, H, W), got shape {tuple(feature.shape)}")
+        if feature.shape[0] != h.shape[0] or feature.shape[2:] != h.shape[2:]:
+            raise ValueError(
+                f"feature must have h's batch and spatial size {(h.shape[0], *h.shape[2:])}, "
+                f"got shape {tuple(feature.shape)}"
+            )
+        size = (h.shape[2], h.shape[3])
+        c0 = map_to_tokens(self.condition(feature, emb))
+        h0 = map_to_tokens(h)
+        c1 = self.ffn1(c0, self.proj1(self.attn1(self.norm_h1(h0), self.norm_c1(c0), emb), emb), emb, size)
+        h1 = self.ffn2(h0, self.proj2(self.attn2(self.norm_c2(c1), self.norm_h2(h0), emb), emb), emb, size)
+        return tokens_to_map(h1, *size)

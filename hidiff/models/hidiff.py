@@ -1,0 +1,151 @@
+"""HiDiff: a discriminative segmentor whose prior is refined by a Bernoulli diffusion refiner."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+from .segmentors import prior_from_logits
+
+if TYPE_CHECKING:
+    from hidiff.diffusion import BernoulliDiffusion, DiffusionLoss
+
+
+class HiDiff(nn.Module):
+    """Segmentor + refiner (+ the diffusion process, a plain object, not a submodule).
+
+    Args:
+        segmentor: ``forward(x) -> (logits (B, K, H, W), 4 features at H/4..H/32)`` with the
+            attributes ``feature_channels``, ``num_classes`` and ``in_channels``.
+        refiner: :class:`~hidiff.models.BBDM` (or any module with the same call and attributes
+            ``cond_channels``, ``num_classes``, ``image_channels``).
+        diffusion: :class:`~hidiff.diffusion.BernoulliDiffusion` (needs ``training_loss``,
+            ``sample`` and ``to_mask``).
+
+    Raises:
+        ValueError: the refiner's feature channels, class count or image channels differ from the
+            segmentor's.
+        TypeError: ``diffusion`` lacks one of the methods above.
+    """
+
+    def __init__(self, segmentor: nn.Module, refiner: nn.Module, diffusion: BernoulliDiffusion) -> None:
+        super().__init__()
+        for name in ("feature_channels", "num_classes", "in_channels"):
+            if not hasattr(segmentor, name):
+                raise TypeError(f"segmentor must have the attribute {name!r} ({type(segmentor).__name__} has not)")
+        for name in ("cond_channels", "num_classes", "image_channels"):
+            if not hasattr(refiner, name):
+                raise TypeError(f"refiner must have the attribute {name!r} ({type(refiner).__name__} has not)")
+        for name in ("training_loss", "sample", "to_mask"):
+            if not callable(getattr(diffusion, name, None)):
+                raise TypeError(f"diffusion must have a {name}() method ({type(diffusion).__name__} has not)")
+        if tuple(refiner.cond_channels) != tuple(segmentor.feature_channels):
+            raise ValueError(
+                f"refiner.cond_channels {tuple(refiner.cond_channels)} must equal segmentor.feature_channels "
+                f"{tuple(segmentor.feature_channels)}"
+            )
+        if refiner.num_classes != segmentor.num_classes:
+            raise ValueError(
+                f"refiner.num_classes ({refiner.num_classes}) must equal "
+                f"segmentor.num_classes ({segmentor.num_classes})"
+            )
+        if refiner.image_channels != segmentor.in_channels:
+            raise ValueError(
+                f"refiner.image_channels ({refiner.image_channels}) must equal segmentor.in_channels "
+                f"({segmentor.in_channels})"
+            )
+        self.segmentor = segmentor
+        self.refiner = refiner
+        self.diffusion = diffusion
+
+    @property
+    def num_classes(self) -> int:
+        return self.segmentor.num_classes
+
+    def prior(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """The segmentor's prior and features.
+
+        Args:
+            x: float ``(B, Cimg, H, W)``.
+
+        Returns:
+            ``prior`` float ``(B, K, H, W)`` in (0, 1) and the 4 features at H/4..H/32
+            (differentiable w.r.t. the segmentor when autograd is on).
+        """
+        logits, features = self.segmentor(x)
+        return prior_from_logits(logits), list(features)
+
+    def diffusion_loss(
+        self,
+        x: Tensor,
+        y0: Tensor,
+        prior: Tensor | None = None,
+        features: list[Tensor] | None = None,
+        t: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> DiffusionLoss:
+        """``L_Diff`` for one batch (one refiner forward).
+
+        Args:
+            x: float ``(B, Cimg, H, W)``.
+            y0: float ``(B, K, H, W)`` one-hot ground truth.
+            prior, features: the segmentor's outputs; computed from ``x`` when both are None (pass
+                them computed under ``torch.no_grad()`` to train the refiner alone).
+            t: int64 ``(B,)`` timesteps (uniform when None).
+            generator: optional generator for t and the forward noise.
+
+        Returns:
+            the diffusion's ``DiffusionLoss(total, kl, focal)``; ``total`` is differentiable w.r.t.
+            the refiner and, through the prior and the features, the segmentor.
+        """
+        if (prior is None) != (features is None):
+            raise ValueError("prior and features must be given together (or both left None)")
+        if prior is None:
+            prior, features = self.prior(x)
+        return self.diffusion.training_loss(
+            lambda y_t, t_: self.refiner(x, y_t, prior, t_, features), y0, prior, t=t, generator=generator
+        )
+
+    @torch.no_grad()
+    def refine(
+        self, x: Tensor, steps: int | None = None, samples: int = 1, sampler: str = "ddim", seed: int = 0
+    ) -> Tensor:
+        """Refined continuous map ``y0_hat`` (no gradients: the reverse chain samples Bernoulli draws).
+
+        Args:
+            x: float ``(B, Cimg, H, W)``, H and W divisible by 32.
+            steps: reverse steps (None: all T).
+            samples: ensemble size.
+            sampler: ``"ddim"`` or ``"ancestral"``.
+            seed: sampling seed.
+
+        Returns:
+            float32 ``(B, K, H, W)`` in [0, 1]. Call ``eval()`` first for inference statistics and
+            the packed binary kernels.
+        """
+        prior, features = self.prior(x)
+        return self.diffusion.sample(
+            lambda y_t, t: self.refiner(x, y_t, prior, t, features),
+            prior,
+            steps=steps,
+            sampler=sampler,
+            samples=samples,
+            seed=seed,
+        )
+
+    @torch.no_grad()
+    def segment(self, x: Tensor, refine: bool = True, **kwargs) -> Tensor:
+        """Final mask: the refined map (``refine=True``, ``kwargs`` go to :meth:`refine`) or the prior,
+        thresholded at 0.5 (K = 1) or one-hot argmax (K > 1).
+
+        Returns:
+            float32 ``(B, K, H, W)`` in {0, 1}.
+        """
+        if refine:
+            return self.diffusion.to_mask(self.refine(x, **kwargs))
+        if kwargs:
+            raise TypeError(f"segment(refine=False) takes no sampling arguments, got {sorted(kwargs)}")
+        prior, _ = self.prior(x)
+        return self.diffusion.to_mask(prior)

@@ -450,7 +450,7 @@ def bernoulli_step(
         prior: float32, y_t's shape: segmentor prior in [0, 1].
         coef: float32 ``(N, 2)`` per-sample step coefficients (see above).
         mode: ``"posterior"`` or ``"ddim"``.
-        seed: any int (taken modulo 2^64).
+        seed: an int64 (-2^63 .. 2^63 - 1); its two's-complement bits are the 64-bit Philox key.
         offset: non-negative counter offset.
 
     Returns:

@@ -179,6 +179,8 @@ def test_binarized_attention_forward_and_softmax_gradient():
     probs = binarized_attention(scores)
     row_max = scores.detach().amax(-1, keepdim=True)
     assert torch.equal(probs, (scores.detach() > 0.35 * row_max).float())
+    with torch.no_grad():
+        assert torch.equal(binarized_attention(scores), probs)
     weights = torch.randn_like(probs)
     (probs * weights).sum().backward()
     reference = scores.detach().clone().requires_grad_(True)

@@ -181,14 +181,18 @@ class LinearUnit(nn.Module):
         return self.bn(self.linear(x - threshold[:, None, :]))
 
 
+def _attention_mask(scores: Tensor) -> Tensor:
+    """1 where a score exceeds 0.35 times its row maximum, else 0 (scores' dtype)."""
+    return (scores > ATTENTION_THRESHOLD * scores.amax(dim=-1, keepdim=True)).to(scores.dtype)
+
+
 class _BinarizedAttention(torch.autograd.Function):
     """Forward: ``1[score > 0.35 * row max]``; backward: the gradient of the softmax (straight through)."""
 
     @staticmethod
     def forward(ctx, scores: Tensor) -> Tensor:
-        probs = torch.softmax(scores, dim=-1)
-        ctx.save_for_backward(probs)
-        return (scores > ATTENTION_THRESHOLD * scores.amax(dim=-1, keepdim=True)).to(scores.dtype)
+        ctx.save_for_backward(torch.softmax(scores, dim=-1))
+        return _attention_mask(scores)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
@@ -198,7 +202,9 @@ class _BinarizedAttention(torch.autograd.Function):
 
 def binarized_attention(scores: Tensor) -> Tensor:
     """Binary attention probabilities (forward) with the softmax gradient, over the last dim."""
-    return _BinarizedAttention.apply(scores)
+    if torch.is_grad_enabled() and scores.requires_grad:
+        return _BinarizedAttention.apply(scores)
+    return _attention_mask(scores)  # the softmax is needed only for the gradient
 
 
 class CrossAttention(nn.Module):

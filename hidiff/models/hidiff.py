@@ -126,6 +126,30 @@ class HiDiff(nn.Module):
             the packed binary kernels.
         """
         prior, features = self.prior(x)
+        return self.refine_from_prior(x, prior, features, steps=steps, samples=samples, sampler=sampler, seed=seed)
+
+    @torch.no_grad()
+    def refine_from_prior(
+        self,
+        x: Tensor,
+        prior: Tensor,
+        features: list[Tensor],
+        steps: int | None = None,
+        samples: int = 1,
+        sampler: str = "ddim",
+        seed: int = 0,
+    ) -> Tensor:
+        """:meth:`refine` from an already computed prior and features (one segmentor pass serves both
+        the segmentor's own prediction and the refinement).
+
+        Args:
+            x: float ``(B, Cimg, H, W)``.
+            prior, features: outputs of :meth:`prior` for ``x``.
+            steps, samples, sampler, seed: as in :meth:`refine`.
+
+        Returns:
+            float32 ``(B, K, H, W)`` in [0, 1].
+        """
         return self.diffusion.sample(
             lambda y_t, t: self.refiner(x, y_t, prior, t, features),
             prior,

@@ -28,7 +28,7 @@ def require_path(path: Path, layout: str, kind: str = "file") -> Path:
         layout: a description of the dataset's expected on-disk layout, quoted in the error.
         kind: "file" or "folder", for the message.
     """
-    if kind == "folder" and path.is_dir() or kind == "file" and path.is_file():
+    if (kind == "folder" and path.is_dir()) or (kind == "file" and path.is_file()):
         return path
     raise FileNotFoundError(f"missing {kind} {path}; expected layout:\n{layout}")
 

@@ -49,13 +49,13 @@ class _PolypDataset(SegmentationDataset):
     def _paths(self, index: int) -> tuple[Path, Path]:
         raise NotImplementedError
 
-    def _read(self, path: Path) -> np.ndarray:
+    def _read(self, path: Path, is_mask: bool) -> np.ndarray:
         raise NotImplementedError
 
     def _load(self, index: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         image_path, mask_path = self._paths(index)
-        image = to_rgb(self._read(image_path), image_path)
-        mask = to_binary(self._read(mask_path), mask_path)
+        image = to_rgb(self._read(image_path, is_mask=False), image_path)
+        mask = to_binary(self._read(mask_path, is_mask=True), mask_path)
         check_same_size(image, image_path, mask, mask_path)
         return to_image_tensor(image), torch.from_numpy(mask), {}
 
@@ -137,8 +137,8 @@ class KvasirSEG(_PolypDataset):
         sample_id = self.ids[index]
         return self.image_dir / f"{sample_id}.jpg", self.mask_dir / f"{sample_id}.jpg"
 
-    def _read(self, path: Path) -> np.ndarray:
-        return read_image(path, "RGB" if path.parent == self.image_dir else "L")
+    def _read(self, path: Path, is_mask: bool) -> np.ndarray:
+        return read_image(path, "L" if is_mask else "RGB")
 
 
 class CVCClinicDB(_PolypDataset):
@@ -182,7 +182,7 @@ class CVCClinicDB(_PolypDataset):
         sample_id = self.ids[index]
         return self.image_dir / f"{sample_id}.tif", self.mask_dir / f"{sample_id}.tif"
 
-    def _read(self, path: Path) -> np.ndarray:
+    def _read(self, path: Path, is_mask: bool) -> np.ndarray:
         return read_tiff(path)
 
 

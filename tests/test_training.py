@@ -450,6 +450,8 @@ def test_amp_bfloat16_on_cpu(tmp_path):
     rows = trainer.pretrain_segmentor() + trainer.train_alternate()
     assert len(rows) == 2
     assert all(np.isfinite(v) for row in rows for k, v in row.items() if k.startswith("loss"))
+    with pytest.raises(ValueError, match="float16"):
+        _trainer(_config(tmp_path, amp=True, amp_dtype="float16"), _dataset(4))
 
 
 def test_validation_hook_best_checkpoint_and_outputs(tmp_path):
@@ -458,6 +460,9 @@ def test_validation_hook_best_checkpoint_and_outputs(tmp_path):
 
     def validate(model, phase):
         assert not model.training
+        if phase == "alternate":  # the refiner is validated with its EMA weights
+            for name, value in model.refiner.state_dict().items():
+                assert torch.equal(value, trainer.ema.shadow[name]), name
         calls.append(phase)
         return {"dice": next(scores)}
 
@@ -491,7 +496,7 @@ def _ddp_worker(rank: int, world_size: int, port: int, output_dir: str) -> None:
         trainer.train_alternate()
         torch.save(
             {
-                "params": {n: p.detach().clone() for n, p in trainer.model.named_parameters()},
+                "state": {n: t.detach().clone() for n, t in trainer.model.state_dict().items()},
                 "ema": trainer.ema.shadow,
                 "rows": trainer.log.rows,
             },
@@ -504,11 +509,11 @@ def _ddp_worker(rank: int, world_size: int, port: int, output_dir: str) -> None:
 def test_ddp_replicas_stay_identical(tmp_path):
     torch.multiprocessing.spawn(_ddp_worker, args=(2, distributed.find_free_port(), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
-    for name, value in ranks[0]["params"].items():
-        assert torch.equal(value, ranks[1]["params"][name]), name
+    assert len(ranks[0]["state"]) > 100
+    for name, value in ranks[0]["state"].items():  # parameters and BatchNorm statistics
+        assert torch.equal(value, ranks[1]["state"][name]), name
     for name, value in ranks[0]["ema"].items():
-        if name.endswith(("weight", "bias")):
-            assert torch.equal(value, ranks[1]["ema"][name]), name
+        assert torch.equal(value, ranks[1]["ema"][name]), name
     assert ranks[0]["rows"] == ranks[1]["rows"] and len(ranks[0]["rows"]) == 3  # losses averaged over ranks
     assert (tmp_path / "latest.pt").exists() and (tmp_path / "losses.csv").exists()  # written by rank 0
 

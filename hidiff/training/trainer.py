@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -116,7 +117,11 @@ class Trainer:
         if device is None:
             device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
+        if config.optim.amp and config.optim.amp_dtype == "float16" and self.device.type != "cuda":
+            raise ValueError(f"optim.amp_dtype 'float16' needs a CUDA device (got {self.device}); use 'bfloat16'")
         if config.train.deterministic:
+            # cuBLAS reads this when its first handle is created; deterministic GEMMs need it set by then.
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
 
@@ -277,6 +282,11 @@ class Trainer:
         scaler.update()
         self.schedulers[name].step()
         optimizer.zero_grad(set_to_none=True)  # frees the gradients until the next step
+        if self.world_size > 1:
+            # Each rank updated its BatchNorm statistics with its own shard; rank 0's make every replica identical
+            # again (the frozen forward of the next step and the EMA then agree across ranks).
+            for buffer in module.buffers():
+                torch.distributed.broadcast(buffer, src=0)
 
     def _lr(self, name: str) -> float:
         return float(self.optimizers[name].param_groups[0]["lr"])

@@ -92,6 +92,10 @@ class Trainer:
 
     Attributes:
         steps: completed iterations per phase, ``{"pretrain": int, "alternate": int}``.
+        optimizers: AdamW optimisers ``"pretrain"`` (the segmentor in pre-training), ``"segmentor"`` and
+            ``"refiner"`` (alternate phase); each has its own poly schedule over its phase's iterations, so the
+            segmentor's learning rate and Adam moments start afresh in the alternate phase.
+        batches_consumed: micro-batches taken from the training stream so far (the data position).
         log: the :class:`~hidiff.training.logs.LossLog` (``log.losses(phase, column)`` gives a loss sequence).
         ema: the refiner's :class:`~hidiff.training.ema.EMA`.
         output_dir: where checkpoints, logs and the figure go.

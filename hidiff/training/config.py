@@ -5,7 +5,8 @@ A configuration file has five sections and one top-level key; every key is optio
     data:        # which dataset and how it is batched
       name: kvasir            # a name known to hidiff.data.build_dataset ("synthetic" needs no root)
       root: /data/Kvasir-SEG  # dataset folder (null for "synthetic")
-      image_size: 256         # side of the (square) training images
+      image_size: 256         # side of the (square) images; null: the reader's own default (DRIVE and
+                              # CHASE_DB1: native resolution with 256 training crops; Synapse: 256 train, 512 test)
       batch_size: 32          # per process and per micro-batch: the effective batch is
                               # batch_size * grad_accum_steps * world size
       num_workers: 4          # DataLoader worker processes
@@ -80,7 +81,7 @@ class DataConfig:
 
     name: str = "synthetic"
     root: str | None = None
-    image_size: int = 256
+    image_size: int | None = 256
     batch_size: int = 32
     num_workers: int = 4
     train_split: str = "train"
@@ -88,7 +89,10 @@ class DataConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _require(self.image_size > 0, f"data.image_size must be > 0, got {self.image_size}")
+        _require(
+            self.image_size is None or self.image_size > 0,
+            f"data.image_size must be null or > 0, got {self.image_size}",
+        )
         _require(self.batch_size > 0, f"data.batch_size must be > 0, got {self.batch_size}")
         _require(self.num_workers >= 0, f"data.num_workers must be >= 0, got {self.num_workers}")
 

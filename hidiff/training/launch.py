@@ -16,18 +16,25 @@ from .config import TrainingConfig
 from .seeding import derive_seed, seed_everything
 from .trainer import Trainer
 
-__all__ = ["build_datasets", "build_model", "run_training"]
+__all__ = ["build_datasets", "build_model", "dataset_kwargs", "run_training"]
 
 logger = logging.getLogger(__name__)
+
+
+def dataset_kwargs(config: TrainingConfig) -> dict:
+    """Keyword arguments of ``build_dataset`` from ``config.data``: ``image_size`` only when it is set."""
+    data = config.data
+    size = {} if data.image_size is None else {"image_size": data.image_size}
+    return {**size, **data.kwargs}
 
 
 def build_datasets(config: TrainingConfig) -> tuple[Dataset, Dataset | None]:
     """The training and (unless ``data.val_split`` is null) validation datasets of ``config.data``.
 
-    Each is ``hidiff.data.build_dataset(name, root, split, image_size=..., **data.kwargs)``.
+    Each is ``hidiff.data.build_dataset(name, root, split, **dataset_kwargs(config))``.
     """
     data = config.data
-    kwargs = {"image_size": data.image_size, **data.kwargs}
+    kwargs = dataset_kwargs(config)
     train_set = build_dataset(data.name, data.root, data.train_split, **kwargs)
     val_set = build_dataset(data.name, data.root, data.val_split, **kwargs) if data.val_split else None
     return train_set, val_set

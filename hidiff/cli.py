@@ -1,0 +1,216 @@
+"""The ``hidiff`` command: train, evaluate, segment and demo.
+
+Examples::
+
+    hidiff train --config configs/kvasir.yaml --set train.pretrain_iterations=2000
+    torchrun --nproc_per_node 2 -m hidiff.cli train --config configs/kvasir.yaml
+    hidiff evaluate --checkpoint runs/kvasir/best.pt --split test --output runs/kvasir/test.json
+    hidiff segment polyp.jpg --checkpoint runs/kvasir/best.pt --output-dir masks/
+    hidiff demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import yaml
+
+logger = logging.getLogger("hidiff")
+
+
+def _parse_override(text: str) -> tuple[list[str], object]:
+    """``"optim.lr=3e-4"`` -> (["optim", "lr"], 3e-4); the value is parsed as YAML."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE with a dotted key, e.g. optim.lr=3e-4; got {text!r}")
+    key, value = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(value)
+
+
+def apply_overrides(config: dict, overrides: Sequence[tuple[list[str], object]]) -> dict:
+    """Sets dotted keys in a nested config dict (unknown keys are rejected later by the config class)."""
+    for keys, value in overrides:
+        node = config
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {'.'.join(keys)}: {key!r} is not a section")
+        node[keys[-1]] = value
+    return config
+
+
+def _load_config(path: str | None, overrides: Sequence[tuple[list[str], object]]):
+    from .training.config import TrainingConfig
+
+    data: dict = {}
+    if path is not None:
+        config_path = Path(path)
+        if not config_path.is_file():
+            raise FileNotFoundError(f"config file not found: {config_path}")
+        data = yaml.safe_load(config_path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{config_path} must hold a mapping of config sections, got {type(data).__name__}")
+    return TrainingConfig.from_dict(apply_overrides(data, overrides))
+
+
+def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--steps", type=int, default=None, help="reverse diffusion steps (default: all T)")
+    parser.add_argument("--samples", type=int, default=1, help="ensemble size: samples averaged per image")
+    parser.add_argument("--sampler", choices=("ddim", "ancestral"), default="ddim")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same masks)")
+    parser.add_argument("--no-ema", action="store_true", help="use the raw refiner weights instead of the EMA")
+    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+
+
+def _settings(args: argparse.Namespace):
+    from .evaluation import RefineSettings
+
+    return RefineSettings(steps=args.steps, samples=args.samples, sampler=args.sampler, seed=args.seed)
+
+
+def _command_train(args: argparse.Namespace) -> int:
+    from .training import run_training
+
+    config = _load_config(args.config, args.overrides)
+    output_dir = run_training(config, resume=args.resume, device=args.device)
+    logger.info("outputs in %s", output_dir)
+    return 0
+
+
+def _command_evaluate(args: argparse.Namespace) -> int:
+    from .data import build_dataset
+    from .evaluation import evaluate
+    from .inference import load_model
+    from .metrics import format_report
+    from .training.launch import dataset_kwargs
+
+    model, config = load_model(args.checkpoint, use_ema=not args.no_ema, device=args.device)
+    root = args.data_root if args.data_root is not None else config.data.root
+    dataset = build_dataset(config.data.name, root, args.split, **dataset_kwargs(config))
+    result = evaluate(
+        model,
+        dataset,
+        settings=_settings(args),
+        refine=not args.no_refine,
+        batch_size=args.batch_size,
+        # Readers that train on crops of larger images (DRIVE, CHASE_DB1) are evaluated by a sliding window.
+        window=args.window or getattr(dataset, "crop_size", None),
+        device=args.device,
+    )
+    print(f"## {config.data.name} / {args.split}: {result.num_images} images\n")
+    print("### Segmentor alone\n\n" + format_report(result.segmentor))
+    if result.refined is not None:
+        print("\n### HiDiff (refined)\n\n" + format_report(result.refined))
+    if args.output:
+        output = Path(args.output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(vars(result), indent=2, default=float))
+        logger.info("wrote %s", output)
+    return 0
+
+
+def _command_segment(args: argparse.Namespace) -> int:
+    from .inference import load_model, segment_files
+
+    model, config = load_model(args.checkpoint, use_ema=not args.no_ema, device=args.device)
+    image_size = args.image_size or config.data.image_size
+    if image_size is None:
+        raise ValueError("the model was trained without a fixed image size: pass --image-size")
+    written = segment_files(model, args.images, args.output_dir, image_size, _settings(args))
+    for path in written:
+        print(path)
+    return 0
+
+
+def _command_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(
+        data=args.data,
+        output_dir=args.output_dir,
+        image_size=args.image_size,
+        pretrain_iterations=args.pretrain_iterations,
+        alternate_iterations=args.alternate_iterations,
+        seed=args.seed,
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hidiff",
+        description="HiDiff: a segmentor refined by a binarised Bernoulli diffusion model on packed binary kernels.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="pre-train the segmentor, then alternate-collaborative training")
+    train.add_argument("--config", help="YAML config (see configs/); defaults apply to missing keys")
+    train.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        type=_parse_override,
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set data.batch_size=8 (repeatable)",
+    )
+    train.add_argument("--resume", help="checkpoint to continue from (e.g. runs/x/latest.pt)")
+    train.add_argument("--device", default=None, help="torch device (default: cuda:LOCAL_RANK if available, else cpu)")
+    train.set_defaults(handler=_command_train)
+
+    evaluate = commands.add_parser("evaluate", help="Dice/HD95/IoU/recall/accuracy of the segmentor and of HiDiff")
+    evaluate.add_argument("--checkpoint", required=True, help="trainer checkpoint (best.pt or latest.pt)")
+    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--data-root", default=None, help="dataset folder (default: the one in the checkpoint)")
+    evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.add_argument(
+        "--window", type=int, default=None, help="sliding-window size (default: the crop size of DRIVE, CHASE_DB1)"
+    )
+    evaluate.add_argument("--no-refine", action="store_true", help="evaluate the segmentor only")
+    evaluate.add_argument("--output", help="write the results as JSON")
+    _add_sampling_arguments(evaluate)
+    evaluate.set_defaults(handler=_command_evaluate)
+
+    segment = commands.add_parser("segment", help="segment image files: masks (PNG) and overlay figures")
+    segment.add_argument("images", nargs="+", help="image files (JPEG, PNG, TIFF, ...)")
+    segment.add_argument("--checkpoint", required=True)
+    segment.add_argument("--output-dir", default="masks")
+    segment.add_argument("--image-size", type=int, default=None, help="model input size (default: the training size)")
+    _add_sampling_arguments(segment)
+    segment.set_defaults(handler=_command_segment)
+
+    demo = commands.add_parser("demo", help="train a small HiDiff on CPU; segmentor vs HiDiff, binary vs float")
+    demo.add_argument("--data", default=None, help="Kvasir-SEG folder (default: the embedded synthetic data)")
+    demo.add_argument("--output-dir", default="runs/demo")
+    demo.add_argument("--image-size", type=int, default=None, help="default: 64 (synthetic) or 128 (Kvasir-SEG)")
+    demo.add_argument("--pretrain-iterations", type=int, default=None)
+    demo.add_argument("--alternate-iterations", type=int, default=None)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(handler=_command_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    try:
+        return args.handler(args)
+    except (FileNotFoundError, ValueError) as error:
+        logger.error("%s", error)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""Using a trained HiDiff: load it from a checkpoint, segment image files, write masks and overlay figures."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+from .evaluation import RefineSettings, predict
+from .models import HiDiff
+from .training.checkpoint import load_checkpoint
+from .training.config import TrainingConfig
+from .training.launch import build_model
+
+logger = logging.getLogger(__name__)
+
+
+def load_model(
+    checkpoint: str | Path, use_ema: bool = True, device: str | torch.device = "cpu"
+) -> tuple[HiDiff, TrainingConfig]:
+    """Rebuilds the HiDiff of a trainer checkpoint (``latest.pt`` / ``best.pt``) in eval mode.
+
+    Args:
+        checkpoint: path of the checkpoint; its configuration is stored inside it.
+        use_ema: load the refiner's EMA weights (what the trainer validates with) instead of the raw ones.
+        device: where to put the model.
+
+    Returns:
+        the model and its training configuration.
+
+    Raises:
+        FileNotFoundError: when the checkpoint does not exist.
+        ValueError: when it is not a trainer checkpoint.
+    """
+    state = load_checkpoint(checkpoint, map_location=device)
+    for key in ("config", "segmentor", "refiner"):
+        if key not in state:
+            raise ValueError(f"{checkpoint} is not a HiDiff trainer checkpoint (no {key!r} entry)")
+    config = TrainingConfig.from_dict(state["config"])
+    segmentor_state = state["segmentor"]
+    refiner_state = state["ema"]["shadow"] if use_ema and "ema" in state else state["refiner"]
+    in_channels, num_classes = _image_and_class_channels(refiner_state)
+    model = build_model(config, in_channels, num_classes)
+    model.segmentor.load_state_dict(segmentor_state)
+    model.refiner.load_state_dict(refiner_state)
+    return model.to(device).eval(), config
+
+
+def _image_and_class_channels(refiner_state: dict[str, Tensor]) -> tuple[int, int]:
+    """(Cimg, K) from the weights: the refiner's head outputs K maps, its input conv reads Cimg + 2K channels."""
+    try:
+        num_classes = int(refiner_state["head.conv.weight"].shape[0])
+        in_channels = int(refiner_state["input_conv.weight"].shape[1]) - 2 * num_classes
+    except KeyError as error:
+        raise ValueError(f"the checkpoint's refiner weights have no {error.args[0]!r}: not a BBDM refiner") from error
+    return in_channels, num_classes
+
+
+def read_image(path: str | Path, channels: int = 3) -> Tensor:
+    """Reads an image file as float32 ``(C, H, W)`` in [0, 1] (RGB for 3 channels, greyscale for 1)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    if channels not in (1, 3):
+        raise ValueError(f"segmenting image files needs a 1- or 3-channel model, this one reads {channels} channels")
+    try:
+        with Image.open(path) as image:
+            array = np.asarray(image.convert("RGB" if channels == 3 else "L"), dtype=np.float32) / 255.0
+    except OSError as error:
+        raise ValueError(f"cannot read image {path}: {error}") from error
+    tensor = torch.from_numpy(array)
+    return tensor.permute(2, 0, 1).contiguous() if tensor.dim() == 3 else tensor.unsqueeze(0)
+
+
+@dataclass
+class Segmentation:
+    """The result for one image at its original size: the prior and refined masks ``(K, H, W)`` in {0, 1}."""
+
+    image: Tensor
+    prior_mask: Tensor
+    refined_mask: Tensor
+    prior: Tensor
+    refined: Tensor
+
+
+@torch.no_grad()
+def segment_image(model: HiDiff, image: Tensor, image_size: int, settings: RefineSettings) -> Segmentation:
+    """Segments one image ``(C, H, W)`` in [0, 1]: resized to ``image_size`` for the model, maps resized back.
+
+    Returns:
+        a :class:`Segmentation` with maps at the image's own resolution.
+    """
+    height, width = image.shape[-2:]
+    resized = F.interpolate(image[None], size=(image_size, image_size), mode="bilinear", align_corners=False)
+    result = predict(model, resized, settings)
+    maps = {}
+    for key in ("prior", "refined"):
+        maps[key] = F.interpolate(result[key], size=(height, width), mode="bilinear", align_corners=False)[0]
+    return Segmentation(
+        image=image,
+        prior_mask=model.diffusion.to_mask(maps["prior"][None])[0],
+        refined_mask=model.diffusion.to_mask(maps["refined"][None])[0],
+        prior=maps["prior"],
+        refined=maps["refined"],
+    )
+
+
+def label_map(mask: Tensor) -> np.ndarray:
+    """``(K, H, W)`` one-hot/binary mask -> uint8 ``(H, W)``: 0/255 for K = 1, the class index for K > 1."""
+    if mask.shape[0] == 1:
+        return (mask[0] > 0.5).to(torch.uint8).mul(255).cpu().numpy()
+    return mask.argmax(0).to(torch.uint8).cpu().numpy()
+
+
+def save_overlay(segmentation: Segmentation, path: str | Path, title: str = "") -> Path:
+    """Writes a figure: the image, the segmentor's mask and the refined mask drawn over it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    image = segmentation.image.permute(1, 2, 0).cpu().numpy()
+    image = image[..., 0] if image.shape[-1] == 1 else image
+    panels = (("image", None), ("segmentor", segmentation.prior_mask), ("HiDiff (refined)", segmentation.refined_mask))
+    figure, axes = plt.subplots(1, 3, figsize=(12, 4.4))
+    for axis, (name, mask) in zip(axes, panels, strict=True):
+        axis.imshow(image, cmap="gray" if image.ndim == 2 else None)
+        if mask is not None:
+            labels = label_map(mask).astype(float)
+            axis.imshow(np.ma.masked_where(labels == 0, labels), cmap="autumn", alpha=0.45, interpolation="nearest")
+        axis.set_title(name)
+        axis.axis("off")
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def segment_files(
+    model: HiDiff,
+    paths: Sequence[str | Path],
+    output_dir: str | Path,
+    image_size: int,
+    settings: RefineSettings,
+) -> list[Path]:
+    """Segments image files; writes ``<stem>_mask.png`` (refined), ``<stem>_prior.png`` and ``<stem>_overlay.png``.
+
+    Returns:
+        the paths of the refined masks.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in paths:
+        image = read_image(path, model.refiner.image_channels)
+        segmentation = segment_image(model, image, image_size, settings)
+        stem = Path(path).stem
+        Image.fromarray(label_map(segmentation.refined_mask)).save(output_dir / f"{stem}_mask.png")
+        Image.fromarray(label_map(segmentation.prior_mask)).save(output_dir / f"{stem}_prior.png")
+        save_overlay(segmentation, output_dir / f"{stem}_overlay.png", title=Path(path).name)
+        written.append(output_dir / f"{stem}_mask.png")
+        logger.info("segmented %s -> %s", path, written[-1])
+    return written

@@ -10,7 +10,7 @@ SOURCES := $(shell find csrc hidiff_kernels -name '*.cpp' -o -name '*.h' -o -nam
            setup.py pyproject.toml
 export MAX_JOBS ?= 2
 
-.PHONY: test demo bench ctest install info clean
+.PHONY: test demo kernel-demo bench ctest install info clean
 
 $(DEPS_STAMP): requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,11 @@ test: install ctest
 	$(PY) -m pytest tests
 	$(PY) -m pytest benchmarks --benchmark-disable -q
 
+# Trains a small HiDiff on the embedded synthetic data (DATA=<Kvasir-SEG folder> to use real images).
 demo: install
+	$(VENV)/bin/hidiff demo $(if $(DATA),--data $(DATA))
+
+kernel-demo: install
 	$(PY) -m hidiff_kernels.demo
 
 bench: install

@@ -422,8 +422,13 @@ class BinaryLinear(_BinaryLayer):
             out = out + self.bias
         return out
 
-    def _forward_packed(self, x: Tensor, threshold: Tensor | None) -> Tensor:
+    def _packed_weight(self) -> tuple[Tensor, Tensor]:
+        """The packed ``(O, 1, 1, words)`` weights and their per-row scale (subclasses change the weights)."""
         (w_packed,), scale = self._packed.get(self.weight[:, :, None, None], 1)
+        return w_packed, scale
+
+    def _forward_packed(self, x: Tensor, threshold: Tensor | None) -> Tensor:
+        w_packed, scale = self._packed_weight()
         per_sample = threshold is not None and threshold.dim() == 2
         batch = x.shape[0] if per_sample else 1
         tokens = x.reshape(batch, -1, self.in_features)

@@ -89,7 +89,7 @@ class CenteredBinaryLinear(BinaryLinear):
         """``W - mean_row(W)``, float ``(out_features, in_features)`` (differentiable)."""
         return self.weight - self.weight.mean(dim=1, keepdim=True)
 
-    def _packed_centred(self) -> tuple[Tensor, Tensor]:
+    def _packed_weight(self) -> tuple[Tensor, Tensor]:
         """Packed ``sign(W_c)`` and ``alpha``, recomputed only when the weight changes (see nn.py's cache)."""
         weight = self.weight
         version = None if weight.is_inference() else weight._version
@@ -114,17 +114,6 @@ class CenteredBinaryLinear(BinaryLinear):
         if self.bias is not None:
             out = out + self.bias
         return out
-
-    def _forward_packed(self, x: Tensor, threshold: Tensor | None) -> Tensor:
-        w_packed, scale = self._packed_centred()
-        per_sample = threshold is not None and threshold.dim() == 2
-        batch = x.shape[0] if per_sample else 1
-        tokens = x.reshape(batch, -1, self.in_features)
-        # (B, L, C) viewed as a channels-last (B, C, L, 1) image: packed without a copy.
-        x_packed = hk.binarize_pack(tokens.transpose(1, 2).unsqueeze(-1), threshold)
-        bias = self.bias.detach().float() if self.bias is not None else None
-        out = hk.binary_conv2d(x_packed, w_packed, self.in_features, 1, 0, 1, scale, bias)
-        return out.squeeze(-1).transpose(1, 2).reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
 
 class TokenBatchNorm(nn.BatchNorm1d):

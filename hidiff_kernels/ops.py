@@ -26,6 +26,11 @@ SCHEMAS = {
         "(Tensor x_packed, Tensor w_packed, int in_channels, int[2] stride=1, int[2] padding=0, "
         "int[2] dilation=1, Tensor? scale=None, Tensor? bias=None) -> Tensor"
     ),
+    "binary_conv2d_fused": (
+        "(Tensor x_packed, Tensor w_packed, int in_channels, int[2] stride, int[2] padding, int[2] dilation, "
+        "Tensor? scale, Tensor? bias, Tensor? residual, Tensor? gamma, Tensor? zeta, Tensor? beta, "
+        "Tensor? threshold, bool pack) -> (Tensor, Tensor)"
+    ),
     "time_activation": "(Tensor u, Tensor gamma, Tensor zeta, Tensor beta) -> Tensor",
     "bernoulli_step": (
         "(Tensor y_t, Tensor eps_hat, Tensor prior, Tensor coef, str mode, int seed, int offset) -> Tensor"
@@ -150,6 +155,54 @@ def check_binary_conv2d_args(
     return n, o, ho, wo
 
 
+def _check_float32(t: Tensor, name: str, shape: tuple[int, ...], layout: str, like: Tensor) -> None:
+    if t.dtype != torch.float32:
+        raise TypeError(f"{name} must be float32, got {t.dtype}")
+    _check_same_device(t, name, like, "x_packed")
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name} must have shape {layout} = {shape}, got {tuple(t.shape)}")
+
+
+def check_binary_conv2d_fused_args(
+    x_packed: Tensor,
+    w_packed: Tensor,
+    in_channels: int,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    scale: Tensor | None,
+    bias: Tensor | None,
+    residual: Tensor | None,
+    gamma: Tensor | None,
+    zeta: Tensor | None,
+    beta: Tensor | None,
+    threshold: Tensor | None,
+    pack: bool,
+) -> tuple[int, int, int, int]:
+    """Validates the arguments of ``binary_conv2d_fused``; returns the output shape (N, O, Ho, Wo)."""
+    n, o, ho, wo = check_binary_conv2d_args(x_packed, w_packed, in_channels, stride, padding, dilation, scale, bias)
+    if residual is not None:
+        _check_float32(residual, "residual", (n, o, ho, wo), "(N, O, Ho, Wo)", x_packed)
+    given = [name for name, t in (("gamma", gamma), ("zeta", zeta), ("beta", beta)) if t is not None]
+    if given and len(given) != 3:
+        raise ValueError(f"gamma, zeta and beta (the TA epilogue) must be given together, got only {given}")
+    if given:
+        _check_float32(gamma, "gamma", (n, o), "(N, O)", x_packed)
+        _check_float32(zeta, "zeta", (n, o), "(N, O)", x_packed)
+        _check_float32(beta, "beta", (o,), "(O,)", x_packed)
+    if threshold is not None:
+        if not pack:
+            raise ValueError("threshold is only used with pack=True (it binarises the output for the next layer)")
+        if threshold.dtype != torch.float32:
+            raise TypeError(f"threshold must be float32, got {threshold.dtype}")
+        _check_same_device(threshold, "threshold", x_packed, "x_packed")
+        if tuple(threshold.shape) not in ((o,), (n, o)):
+            raise ValueError(
+                f"threshold must have shape (O,) = ({o},) or (N, O) = ({n}, {o}), got {tuple(threshold.shape)}"
+            )
+    return n, o, ho, wo
+
+
 def check_time_activation_args(u: Tensor, gamma: Tensor, zeta: Tensor, beta: Tensor) -> None:
     _check_floating(u, "u")
     if u.dim() < 2:
@@ -212,6 +265,19 @@ def _binary_conv2d_fake(
 ):
     shape = check_binary_conv2d_args(x_packed, w_packed, in_channels, stride, padding, dilation, scale, bias)
     return x_packed.new_empty(shape, dtype=torch.float32)
+
+
+@torch.library.register_fake(f"{NAMESPACE}::binary_conv2d_fused")
+def _binary_conv2d_fused_fake(
+    x_packed, w_packed, in_channels, stride, padding, dilation, scale, bias, residual, gamma, zeta, beta, threshold, pack
+):
+    n, o, ho, wo = check_binary_conv2d_fused_args(
+        x_packed, w_packed, in_channels, stride, padding, dilation, scale, bias, residual, gamma, zeta, beta,
+        threshold, pack,
+    )
+    out = x_packed.new_empty((n, o, ho, wo), dtype=torch.float32)
+    packed_shape = (n, ho, wo, reference.packed_words(o)) if pack else (0,)
+    return out, x_packed.new_empty(packed_shape, dtype=torch.int32)
 
 
 @torch.library.register_fake(f"{NAMESPACE}::time_activation")
@@ -299,6 +365,11 @@ def _reference_binary_conv2d(
     return reference.binary_conv2d(x_packed, w_packed, in_channels, stride, padding, dilation, scale, bias)
 
 
+def _reference_binary_conv2d_fused(*args):
+    check_binary_conv2d_fused_args(*args)
+    return reference.binary_conv2d_fused(*args)
+
+
 def _reference_time_activation(u: Tensor, gamma: Tensor, zeta: Tensor, beta: Tensor) -> Tensor:
     check_time_activation_args(u, gamma, zeta, beta)
     return reference.time_activation(u, gamma, zeta, beta)
@@ -313,6 +384,7 @@ _REFERENCE_KERNELS = {
     "binarize_pack": _reference_binarize_pack,
     "pack_weight": _reference_pack_weight,
     "binary_conv2d": _reference_binary_conv2d,
+    "binary_conv2d_fused": _reference_binary_conv2d_fused,
     "time_activation": _reference_time_activation,
     "bernoulli_step": _reference_bernoulli_step,
 }
@@ -402,6 +474,61 @@ def binary_conv2d(
         as_pair(dilation, "dilation"),
         scale,
         bias,
+    )
+
+
+def binary_conv2d_fused(
+    x_packed: Tensor,
+    w_packed: Tensor,
+    in_channels: int,
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    dilation: IntPair = 1,
+    scale: Tensor | None = None,
+    bias: Tensor | None = None,
+    residual: Tensor | None = None,
+    gamma: Tensor | None = None,
+    zeta: Tensor | None = None,
+    beta: Tensor | None = None,
+    threshold: Tensor | None = None,
+    pack: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """A whole binary block in one pass over the output (inference only, not differentiable).
+
+    ``u = binary_conv2d(x_packed, w_packed, ..., scale, bias)``, ``u += residual`` when given,
+    ``out = TA(u)`` (:func:`time_activation`) when ``gamma, zeta, beta`` are given, and with
+    ``pack=True`` also ``packed = binarize_pack(out, threshold)``: the next layer's TB and packing,
+    so a chain of binary blocks reads and writes each activation once. Every step is float32 and
+    matches the unfused ops bit for bit.
+
+    Args:
+        x_packed, w_packed, in_channels, stride, padding, dilation, scale, bias: as in
+            :func:`binary_conv2d` (fold BatchNorm into ``scale`` and ``bias``).
+        residual: optional float32 ``(N, O, Ho, Wo)`` added before the activation.
+        gamma, zeta: optional float32 ``(N, O)``; beta: optional float32 ``(O,)`` (all or none).
+        threshold: optional float32 ``(O,)`` or ``(N, O)`` TB threshold of the next layer
+            (needs ``pack=True``; None means 0).
+        pack: also return the packed binarisation of ``out``.
+
+    Returns:
+        ``(out, packed)``: float32 ``(N, O, Ho, Wo)`` contiguous NCHW, and int32
+        ``(N, Ho, Wo, ceil(O/32))`` (an empty ``(0,)`` tensor when ``pack`` is False).
+    """
+    return torch.ops.hidiff.binary_conv2d_fused(
+        x_packed,
+        w_packed,
+        in_channels,
+        as_pair(stride, "stride"),
+        as_pair(padding, "padding"),
+        as_pair(dilation, "dilation"),
+        scale,
+        bias,
+        residual,
+        gamma,
+        zeta,
+        beta,
+        threshold,
+        pack,
     )
 
 

@@ -102,6 +102,37 @@ def binary_conv2d(
     return out.contiguous()
 
 
+def binary_conv2d_fused(
+    x_packed: Tensor,
+    w_packed: Tensor,
+    in_channels: int,
+    stride: list[int] | tuple[int, int],
+    padding: list[int] | tuple[int, int],
+    dilation: list[int] | tuple[int, int],
+    scale: Tensor | None,
+    bias: Tensor | None,
+    residual: Tensor | None,
+    gamma: Tensor | None,
+    zeta: Tensor | None,
+    beta: Tensor | None,
+    threshold: Tensor | None,
+    pack: bool,
+) -> tuple[Tensor, Tensor]:
+    """A binary block in one call: ``u = binary_conv2d(...) * scale + bias (+ residual)``, then TA.
+
+    ``out = time_activation(u, gamma, zeta, beta)`` when ``gamma`` is given, else ``u``; every
+    step in float32, in this order. ``packed = binarize_pack(out, threshold)`` when ``pack``,
+    else an empty int32 tensor ``(0,)``. Returns ``(out, packed)``.
+    """
+    out = binary_conv2d(x_packed, w_packed, in_channels, stride, padding, dilation, scale, bias)
+    if residual is not None:
+        out = out + residual.float()
+    if gamma is not None:
+        out = time_activation(out, gamma, zeta, beta)
+    packed = binarize_pack(out, threshold) if pack else out.new_empty((0,), dtype=torch.int32)
+    return out.contiguous(), packed
+
+
 def time_activation(u: Tensor, gamma: Tensor, zeta: Tensor, beta: Tensor) -> Tensor:
     """TA (paper Eq. 16): ``u - gamma + zeta`` if ``u > gamma`` else ``beta * (u - gamma) + zeta``.
 

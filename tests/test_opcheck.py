@@ -22,6 +22,20 @@ def _conv_samples():
     ]
 
 
+def _fused_samples():
+    x = torch.randn(2, 40, 6, 5)
+    w = torch.randn(35, 40, 3, 3)
+    xp, wp = hk.binarize_pack(x), hk.pack_weight(w)
+    n, o = 2, 35
+    residual = torch.randn(n, o, 6, 5)
+    gamma, zeta, beta = torch.randn(n, o), torch.randn(n, o), torch.rand(o)
+    return [
+        (xp, wp, 40, [1, 1], [1, 1], [1, 1], None, None, None, None, None, None, None, False),
+        (xp, wp, 40, [1, 1], [1, 1], [1, 1], torch.rand(o), torch.randn(o), residual, gamma, zeta, beta, None, True),
+        (xp, wp, 40, [2, 1], [0, 2], [1, 2], None, torch.randn(o), None, None, None, None, torch.randn(n, o), True),
+    ]
+
+
 def _bernoulli_samples():
     y_t = torch.randint(0, 2, (2, 3, 4, 5)).float()
     coef = torch.tensor([[0.9, 0.6], [0.5, 0.2]])
@@ -42,6 +56,7 @@ SAMPLES = {
     ],
     "pack_weight": lambda: [(torch.randn(5, 33, 3, 3),), (torch.randn(2, 1, 1, 1),)],
     "binary_conv2d": _conv_samples,
+    "binary_conv2d_fused": _fused_samples,
     "time_activation": lambda: [
         (
             torch.randn(2, 3, 4, 4, requires_grad=True),

@@ -1,14 +1,28 @@
-// XNOR-popcount 2-D convolution on bit-packed operands (torch-free).
+// XNOR-popcount 2-D convolution on bit-packed operands with a fused epilogue (torch-free).
 //
 // Operands use the layout of bitpack.h: activations (N, H, W, words), weights (O, KH, KW, words),
 // words = ceil(C / 32). For every output the kernel counts the disagreeing bits D over the taps
-// that fall inside the image and returns taps * C - 2 * D, which is exactly
-// conv2d(sign(x), sign(w)) with zero padding: a padded tap is skipped, so it contributes 0.
-// Padded taps are only possible near the border, so interior pixels run a branch-free loop over
-// contiguous spans of (kernel width x words) words and pay nothing for the correction.
+// inside the image and computes taps * C - 2 * D, which is exactly conv2d(sign(x), sign(w)) with
+// zero padding, then the epilogue: * scale + bias, + residual, TA (paper Eq. 16) and optionally
+// the next layer's binarisation and packing.
+//
+// How it runs: output pixels sit in the SIMD lanes. The packed input is first rearranged into
+// zero-padded word planes, one plane per (word, row phase, column phase) of the stride, whose rows
+// have a common pitch Wq. Output (oh, ow) is lane m = oh * Wq + ow, and every tap (kh, kw) then
+// reads lane m + shift(kh, kw) of one plane: the whole convolution is a sequence of K = KH*KW*words
+// steps "load a vector of lanes, XOR with one broadcast weight word, popcount, add", with no
+// per-pixel index work, for any stride, dilation and padding. The micro-kernel keeps P vectors of
+// lanes x Q output channels of counts in registers. Padded taps read zero words, which counts
+// popcount(weight word) disagreements; lanes near the border subtract exactly that (popcounts of
+// the weight taps are precomputed), so the correction costs nothing in the interior. Lanes with
+// ow >= Wo are computed and dropped.
+//
+// Weights are used in their packed (O, KH, KW, words) layout: one output channel's K words are
+// contiguous in step order, which is the order the broadcasts read them.
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 namespace hidiff::core {
 
@@ -22,32 +36,72 @@ struct ConvShape {
   int64_t out_w() const { return (W + 2 * pad_w - dil_w * (KW - 1) - 1) / stride_w + 1; }
 };
 
-// Output channels computed by one tile: their packed weights stay in L1/L2 while the tile
-// sweeps an output row.
-constexpr int64_t kChannelTile = 64;
+// The epilogue; every pointer is optional (nullptr). All arithmetic is float32 in this order:
+//   u = count * scale[o] + bias[o] + residual[n, o, oh, ow]
+//   out = TA(u) = u > gamma ? (u - gamma) + zeta : beta * (u - gamma) + zeta   (when gamma is set)
+//   packed bit of (n, oh, ow, o) = !(out > threshold[n, o])                     (when packed is set)
+struct ConvEpilogue {
+  const float* scale = nullptr;      // (O,)
+  const float* bias = nullptr;       // (O,)
+  const float* residual = nullptr;   // (N, O, Ho, Wo)
+  const float* gamma = nullptr;      // (N, O); zeta and beta must be set with it
+  const float* zeta = nullptr;       // (N, O)
+  const float* beta = nullptr;       // (O,)
+  const float* threshold = nullptr;  // (O,) or (N, O), see threshold_stride; nullptr means 0
+  int64_t threshold_stride = 0;      // elements between samples of threshold: 0 (shared) or O
+  uint32_t* packed = nullptr;        // (N, Ho, Wo, ceil(O / 32)) output of the binarisation
+};
 
-// Work is split into tiles of (one output row, up to kChannelTile output channels) so that a
-// batch-1 convolution still has N * Ho * ceil(O / kChannelTile) independent pieces for threads.
-inline int64_t binary_conv2d_num_tiles(const ConvShape& s) {
-  return s.N * s.out_h() * ((s.O + kChannelTile - 1) / kChannelTile);
-}
+// Output channels of one tile (two packed words, so a tile packs whole words of its output).
+constexpr int64_t kChannelTile = 64;
+// Lanes (output pixels, row pitch Wq) of one tile; a multiple of every micro-kernel's block.
+constexpr int64_t kLaneTile = 256;
+
+// Everything about one call that does not depend on the data: plane geometry, the lane shift of
+// every step, which taps each output row/column keeps, and the popcount of each weight tap.
+struct ConvPlan {
+  ConvShape s;
+  int64_t Ho, Wo, words;
+  int64_t Wq;          // row pitch of the planes and of the lane grid
+  int64_t plane;       // words per plane (rows * Wq plus the slack read by the last tile)
+  int64_t lanes;       // Ho * Wq rounded up to kLaneTile
+  int64_t steps;       // K = KH * KW * words
+  int64_t col_lo, col_hi;            // output columns whose taps are all inside the image
+  std::vector<int64_t> step_offset;  // K: plane and lane shift of each step, in words
+  std::vector<uint8_t> row_valid;    // Ho * KH: kernel row kh is inside the image for output row oh
+  std::vector<uint8_t> col_valid;    // Wo * KW: kernel column kw is inside for output column ow
+  std::vector<uint8_t> row_full;     // Ho: every kernel row inside
+  std::vector<int32_t> tap_popcount; // O * KH * KW: set bits of each weight tap
+
+  int64_t planes_per_sample() const { return words * s.stride_h * s.stride_w; }
+  // Words of the rearranged input (N planes sets), to be allocated zero-filled by the caller.
+  int64_t scratch_words() const { return s.N * planes_per_sample() * plane; }
+  int64_t num_tiles() const { return s.N * (lanes / kLaneTile) * ((s.O + kChannelTile - 1) / kChannelTile); }
+};
+
+// Builds the plan; w is the packed weight (O, KH, KW, words).
+ConvPlan make_conv_plan(const ConvShape& s, const uint32_t* w);
+
+// Copies input rows [row_begin, row_end) of the (N * H) rows of x into the zero-filled planes.
+void conv_prepare_input(const ConvPlan& plan, const uint32_t* x, uint32_t* planes, int64_t row_begin,
+                        int64_t row_end);
 
 // Computes tiles [tile_begin, tile_end) with the active instruction set (cpu_features.h).
-//   x:     packed activations (N, H, W, words)
-//   w:     packed weights (O, KH, KW, words)
-//   scale: nullptr or (O,) float, bias: nullptr or (O,) float
-//   out:   (N, O, Ho, Wo) float32, out = count * scale + bias
-void binary_conv2d_tiles(const ConvShape& s, const uint32_t* x, const uint32_t* w, const float* scale,
-                         const float* bias, float* out, int64_t tile_begin, int64_t tile_end);
+//   planes: from conv_prepare_input; w: packed weights (O, KH, KW, words)
+//   out: (N, O, Ho, Wo) float32
+void conv_tiles(const ConvPlan& plan, const uint32_t* planes, const uint32_t* w, const ConvEpilogue& epilogue,
+                float* out, int64_t tile_begin, int64_t tile_end);
 
-// The per-instruction-set entry points behind binary_conv2d_tiles (same contract).
-void binary_conv2d_tiles_portable(const ConvShape& s, const uint32_t* x, const uint32_t* w,
-                                  const float* scale, const float* bias, float* out, int64_t tile_begin,
-                                  int64_t tile_end);
-void binary_conv2d_tiles_avx2(const ConvShape& s, const uint32_t* x, const uint32_t* w, const float* scale,
-                              const float* bias, float* out, int64_t tile_begin, int64_t tile_end);
-void binary_conv2d_tiles_avx512(const ConvShape& s, const uint32_t* x, const uint32_t* w,
-                                const float* scale, const float* bias, float* out, int64_t tile_begin,
-                                int64_t tile_end);
+// The per-instruction-set entry points behind conv_tiles (same contract).
+void conv_tiles_portable(const ConvPlan& plan, const uint32_t* planes, const uint32_t* w,
+                         const ConvEpilogue& epilogue, float* out, int64_t tile_begin, int64_t tile_end);
+void conv_tiles_avx2(const ConvPlan& plan, const uint32_t* planes, const uint32_t* w, const ConvEpilogue& epilogue,
+                     float* out, int64_t tile_begin, int64_t tile_end);
+void conv_tiles_avx512(const ConvPlan& plan, const uint32_t* planes, const uint32_t* w,
+                       const ConvEpilogue& epilogue, float* out, int64_t tile_begin, int64_t tile_end);
+
+// The whole convolution on the calling thread (tests and small callers).
+void binary_conv2d(const ConvShape& s, const uint32_t* x, const uint32_t* w, const ConvEpilogue& epilogue,
+                   float* out);
 
 }  // namespace hidiff::core

@@ -1,7 +1,12 @@
-// AVX2 path: 256-bit XOR, nibble-table popcount with pshufb, byte sums folded by psadbw.
-#include <algorithm>
+// AVX2 micro-kernel: 8 lanes (one 256-bit vector of 32-bit words) x 1 output channel, with
+// Harley-Seal carry-save accumulation.
+//
+// AVX2 has no per-lane popcount: the nibble-table popcount (PSHUFB) costs six instructions per
+// vector. Carry-save adders (five bitwise instructions each, spread over three ports) fold eight
+// XOR results into ones/twos/fours/eights bit planes, so the table popcount runs once per eight
+// steps on the eights plane; byte counters are widened to 32-bit lanes every 31 groups, before
+// they can overflow, and once at the end for the low planes.
 #include <cstdint>
-#include <vector>
 
 #include "binary_conv.h"
 
@@ -16,94 +21,79 @@ HIDIFF_TARGET_BEGIN("avx2,popcnt")
 namespace hidiff::core {
 namespace {
 
-using detail::Segment;
-
-// Per-byte popcounts (0..8) of v, by two nibble lookups with pshufb.
+// Per-byte popcount of v (0..8 in each byte).
 inline __m256i popcount_bytes(__m256i v) {
-  const __m256i table = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1,
-                                         2, 2, 3, 2, 3, 3, 4);
-  const __m256i low_nibble = _mm256_set1_epi8(0x0f);
-  const __m256i lo = _mm256_and_si256(v, low_nibble);
-  const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low_nibble);
-  return _mm256_add_epi8(_mm256_shuffle_epi8(table, lo), _mm256_shuffle_epi8(table, hi));
+  const __m256i table = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2,
+                                         2, 3, 2, 3, 3, 4);
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  const __m256i lo = _mm256_shuffle_epi8(table, _mm256_and_si256(v, low));
+  const __m256i hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), low));
+  return _mm256_add_epi8(lo, hi);
 }
 
-// Sums of the 4 lanes of each of a[0..3], as one vector (lane q = total of a[q]).
-inline __m256i reduce4(const __m256i* a) {
-  const __m256i t01 = _mm256_add_epi64(_mm256_unpacklo_epi64(a[0], a[1]), _mm256_unpackhi_epi64(a[0], a[1]));
-  const __m256i t23 = _mm256_add_epi64(_mm256_unpacklo_epi64(a[2], a[3]), _mm256_unpackhi_epi64(a[2], a[3]));
-  return _mm256_add_epi64(_mm256_permute2x128_si256(t01, t23, 0x20), _mm256_permute2x128_si256(t01, t23, 0x31));
+// Sums the four byte counters of each 32-bit lane.
+inline __m256i widen_bytes(__m256i bytes) {
+  const __m256i pairs = _mm256_maddubs_epi16(bytes, _mm256_set1_epi8(1));
+  return _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
 }
 
-inline int64_t horizontal_sum(__m256i v) {
-  const __m128i sum = _mm_add_epi64(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-  return _mm_cvtsi128_si64(sum) + _mm_extract_epi64(sum, 1);
+// Carry-save adder: (high, low) = a + b + c, bit by bit.
+inline void csa(__m256i& high, __m256i& low, __m256i a, __m256i b, __m256i c) {
+  const __m256i u = _mm256_xor_si256(a, b);
+  high = _mm256_or_si256(_mm256_and_si256(a, b), _mm256_and_si256(u, c));
+  low = _mm256_xor_si256(u, c);
 }
 
-struct Avx2Kernel : detail::ScalarEpilogue {
-  static constexpr int kPixels = 2;
-  static constexpr int kChannels = 4;
-  // Byte counters grow by at most 8 per chunk: fold them into 64-bit totals every 31 chunks.
-  static constexpr int kChunksPerFold = 31;
+struct Avx2Kernel {
+  static constexpr int64_t kLanes = 8;
+  static constexpr int kChannels = 1;
 
-  template <int P, int Q>
-  static void run(const uint32_t* const* xp, const uint32_t* const* wp, const Segment* segs, int64_t nseg,
-                  int64_t* D) {
-    const __m256i zero = _mm256_setzero_si256();
-    __m256i bytes[P][Q];
-    __m256i total[P][Q];
-    for (int p = 0; p < P; ++p)
-      for (int q = 0; q < Q; ++q) bytes[p][q] = total[p][q] = zero;
-    const __m256i lane_index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    int chunks = 0;
-    for (int64_t s = 0; s < nseg; ++s) {
-      const Segment seg = segs[s];
-      for (int64_t i = 0; i < seg.len; i += 8) {
-        const int64_t left = seg.len - i;
-        __m256i a[P];
-        __m256i wv[Q];
-        if (left >= 8) {
-          for (int p = 0; p < P; ++p)
-            a[p] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp[p] + seg.x_off + i));
-          for (int q = 0; q < Q; ++q)
-            wv[q] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp[q] + seg.w_off + i));
-        } else {
-          const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(left)), lane_index);
-          for (int p = 0; p < P; ++p)
-            a[p] = _mm256_maskload_epi32(reinterpret_cast<const int*>(xp[p] + seg.x_off + i), mask);
-          for (int q = 0; q < Q; ++q)
-            wv[q] = _mm256_maskload_epi32(reinterpret_cast<const int*>(wp[q] + seg.w_off + i), mask);
-        }
-        for (int q = 0; q < Q; ++q)
-          for (int p = 0; p < P; ++p)
-            bytes[p][q] = _mm256_add_epi8(bytes[p][q], popcount_bytes(_mm256_xor_si256(a[p], wv[q])));
-        if (++chunks == kChunksPerFold) {
-          chunks = 0;
-          for (int p = 0; p < P; ++p)
-            for (int q = 0; q < Q; ++q) {
-              total[p][q] = _mm256_add_epi64(total[p][q], _mm256_sad_epu8(bytes[p][q], zero));
-              bytes[p][q] = zero;
-            }
-        }
+  template <int Q>
+  static void run(const uint32_t* x, const int64_t* offsets, const uint32_t* w, int64_t steps, int32_t* D) {
+    static_assert(Q == 1, "the AVX2 kernel computes one output channel per call");
+    const auto word = [&](int64_t k) {
+      const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + offsets[k]));
+      return _mm256_xor_si256(a, _mm256_set1_epi32(static_cast<int>(w[k])));
+    };
+    __m256i ones = _mm256_setzero_si256(), twos = ones, fours = ones;
+    __m256i eights_bytes = ones, total = ones;
+    int64_t k = 0;
+    int groups = 0;
+    for (; k + 8 <= steps; k += 8) {
+      __m256i twos_a, twos_b, fours_a, fours_b, eights;
+      csa(twos_a, ones, ones, word(k), word(k + 1));
+      csa(twos_b, ones, ones, word(k + 2), word(k + 3));
+      csa(fours_a, twos, twos, twos_a, twos_b);
+      csa(twos_a, ones, ones, word(k + 4), word(k + 5));
+      csa(twos_b, ones, ones, word(k + 6), word(k + 7));
+      csa(fours_b, twos, twos, twos_a, twos_b);
+      csa(eights, fours, fours, fours_a, fours_b);
+      eights_bytes = _mm256_add_epi8(eights_bytes, popcount_bytes(eights));
+      if (++groups == 31) {  // 31 * 8 = 248 fits a byte
+        total = _mm256_add_epi32(total, _mm256_slli_epi32(widen_bytes(eights_bytes), 3));
+        eights_bytes = _mm256_setzero_si256();
+        groups = 0;
       }
     }
-    for (int p = 0; p < P; ++p)
-      for (int q = 0; q < Q; ++q) total[p][q] = _mm256_add_epi64(total[p][q], _mm256_sad_epu8(bytes[p][q], zero));
-    for (int p = 0; p < P; ++p) {
-      if constexpr (Q == 4) {
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(D + p * Q), reduce4(total[p]));
-      } else {
-        for (int q = 0; q < Q; ++q) D[p * Q + q] = horizontal_sum(total[p][q]);
-      }
-    }
+    total = _mm256_add_epi32(total, _mm256_slli_epi32(widen_bytes(eights_bytes), 3));
+    // The low bit planes (at most 8 + 2 * 8 + 4 * 8 = 56 per byte) and the last (fewer than 8) steps.
+    __m256i rest = popcount_bytes(ones);
+    rest = _mm256_add_epi8(rest, _mm256_add_epi8(popcount_bytes(twos), popcount_bytes(twos)));
+    const __m256i f = popcount_bytes(fours);
+    rest = _mm256_add_epi8(rest, _mm256_add_epi8(_mm256_add_epi8(f, f), _mm256_add_epi8(f, f)));
+    total = _mm256_add_epi32(total, widen_bytes(rest));
+    __m256i tail = _mm256_setzero_si256();
+    for (; k < steps; ++k) tail = _mm256_add_epi8(tail, popcount_bytes(word(k)));
+    total = _mm256_add_epi32(total, widen_bytes(tail));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(D), total);
   }
 };
 
 }  // namespace
 
-void binary_conv2d_tiles_avx2(const ConvShape& s, const uint32_t* x, const uint32_t* w, const float* scale,
-                              const float* bias, float* out, int64_t tile_begin, int64_t tile_end) {
-  detail::conv_tiles<Avx2Kernel>(s, x, w, scale, bias, out, tile_begin, tile_end);
+void conv_tiles_avx2(const ConvPlan& plan, const uint32_t* planes, const uint32_t* w, const ConvEpilogue& epilogue,
+                     float* out, int64_t tile_begin, int64_t tile_end) {
+  detail::conv_tiles<Avx2Kernel>(plan, planes, w, epilogue, out, tile_begin, tile_end);
 }
 
 }  // namespace hidiff::core
@@ -112,9 +102,9 @@ HIDIFF_TARGET_END
 #else
 
 namespace hidiff::core {
-void binary_conv2d_tiles_avx2(const ConvShape& s, const uint32_t* x, const uint32_t* w, const float* scale,
-                              const float* bias, float* out, int64_t tile_begin, int64_t tile_end) {
-  binary_conv2d_tiles_portable(s, x, w, scale, bias, out, tile_begin, tile_end);
+void conv_tiles_avx2(const ConvPlan& plan, const uint32_t* planes, const uint32_t* w, const ConvEpilogue& epilogue,
+                     float* out, int64_t tile_begin, int64_t tile_end) {
+  conv_tiles_portable(plan, planes, w, epilogue, out, tile_begin, tile_end);
 }
 }  // namespace hidiff::core
 

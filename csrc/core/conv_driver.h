@@ -1,176 +1,175 @@
-// The loop nest shared by every instruction set: tiling, border handling and the epilogue.
+// The tile loop and the epilogue shared by every instruction set (see binary_conv.h).
 //
 // Included by each per-ISA source after its target pragma. Everything here sits in an anonymous
 // namespace, so each source gets its own copy compiled for its own instruction set: an inline
-// function shared by name between an AVX-512 and a portable source could otherwise be merged
-// by the linker into one AVX-512 copy, which would crash the portable path on older CPUs.
+// function shared by name between an AVX-512 and a portable source could otherwise be merged by
+// the linker into one AVX-512 copy, which would crash the portable path on older CPUs.
 //
-// A Kernel provides kPixels (P) and kChannels (Q) and
-//   template <int P, int Q> static void run(const uint32_t* const* xp, const uint32_t* const* wp,
-//                                           const Segment* segs, int64_t nseg, int64_t* D);
-// which sets D[p * Q + q] = sum over segments of popcount(xp[p][x_off + i] ^ wp[q][w_off + i]),
-// i < len: the disagreeing bits of P pixels against Q output channels, and
-//   template <int P, int Q> static void store(const RowContext& r, const int64_t* D, int64_t ow,
-//                                             int64_t o, int64_t taps);
-// which writes the outputs (ScalarEpilogue::store, or a vectorised equivalent).
+// A Kernel provides kLanes (lanes of one block, a divisor of kLaneTile), kChannels (Q) and
+//   template <int Q> static void run(const uint32_t* x, const int64_t* offsets, const uint32_t* w,
+//                                    int64_t steps, int32_t* D);
+// which sets D[q * kLanes + i] = sum over k < steps of popcount(x[offsets[k] + i] ^ w[q * steps + k])
+// for the block's lanes i: the disagreeing bits of kLanes pixels against Q output channels.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
-#include <vector>
 
 #include "binary_conv.h"
 
 namespace hidiff::core::detail {
 namespace {
 
-// A run of `len` words read at x_off from a pixel's base and at w_off from a channel's weights.
-struct Segment {
-  int64_t x_off;
-  int64_t w_off;
-  int64_t len;
-};
-
-struct RowContext {
-  const ConvShape* s;
+struct Tile {
+  const ConvPlan* plan;
+  const ConvEpilogue* ep;
   const uint32_t* w;
-  const float* scale;
-  const float* bias;
   float* out;
-  int64_t n, oh, Ho, Wo;
-  int64_t weight_stride;  // words per output channel: KH * KW * words
+  int64_t n;
 };
 
-template <int P, int Q>
-inline void store_outputs(const RowContext& r, const int64_t* D, int64_t ow, int64_t o, int64_t taps) {
-  const int64_t full = taps * r.s->C;
-  for (int q = 0; q < Q; ++q) {
-    float* dst = r.out + ((r.n * r.s->O + o + q) * r.Ho + r.oh) * r.Wo + ow;
-    for (int p = 0; p < P; ++p) {
-      float value = static_cast<float>(full - 2 * D[p * Q + q]);
-      if (r.scale) value = value * r.scale[o + q];
-      if (r.bias) value = value + r.bias[o + q];
-      dst[p] = value;
+// Count of an output whose receptive field leaves the image: only the taps inside count, and the
+// zero words read for the others added popcount(weight tap) disagreements that are taken back.
+inline int32_t border_count(const ConvPlan& p, int32_t disagree, int64_t o, int64_t oh, int64_t ow) {
+  const ConvShape& s = p.s;
+  int64_t taps = 0, spurious = 0;
+  const int32_t* pop = p.tap_popcount.data() + o * s.KH * s.KW;
+  for (int64_t kh = 0; kh < s.KH; ++kh) {
+    const bool row = p.row_valid[oh * s.KH + kh];
+    for (int64_t kw = 0; kw < s.KW; ++kw) {
+      if (row && p.col_valid[ow * s.KW + kw]) {
+        ++taps;
+      } else {
+        spurious += pop[kh * s.KW + kw];
+      }
+    }
+  }
+  return static_cast<int32_t>(taps * s.C - 2 * (disagree - spurious));
+}
+
+// Outputs (n, o, oh, ow) for ow in [ow_begin, ow_end) from their disagreement counts D[ow - ow_begin].
+// The epilogue runs as one simple pass per step over the (L1-resident) run, so that each loop
+// vectorises; the float operations and their order are those of the reference.
+inline void finish_row(const Tile& t, const int32_t* D, int64_t o, int64_t oh, int64_t ow_begin, int64_t ow_end) {
+  const ConvPlan& p = *t.plan;
+  const ConvEpilogue& ep = *t.ep;
+  const int64_t row = ((t.n * p.s.O + o) * p.Ho + oh) * p.Wo;
+  float* dst = t.out + row;
+  const int32_t full = static_cast<int32_t>(p.s.KH * p.s.KW * p.s.C);
+  for (int64_t ow = ow_begin; ow < ow_end; ++ow) dst[ow] = static_cast<float>(full - 2 * D[ow - ow_begin]);
+  int64_t lo = ow_end, hi = ow_end;  // interior columns [lo, hi) of this run
+  if (p.row_full[oh]) {
+    lo = std::clamp(p.col_lo, ow_begin, ow_end);
+    hi = std::clamp(p.col_hi, lo, ow_end);
+  }
+  for (int64_t ow = ow_begin; ow < lo; ++ow) dst[ow] = static_cast<float>(border_count(p, D[ow - ow_begin], o, oh, ow));
+  for (int64_t ow = hi; ow < ow_end; ++ow) dst[ow] = static_cast<float>(border_count(p, D[ow - ow_begin], o, oh, ow));
+  if (ep.scale) {
+    const float scale = ep.scale[o];
+    for (int64_t ow = ow_begin; ow < ow_end; ++ow) dst[ow] = dst[ow] * scale;
+  }
+  if (ep.bias) {
+    const float bias = ep.bias[o];
+    for (int64_t ow = ow_begin; ow < ow_end; ++ow) dst[ow] = dst[ow] + bias;
+  }
+  if (ep.residual) {
+    const float* res = ep.residual + row;
+    for (int64_t ow = ow_begin; ow < ow_end; ++ow) dst[ow] = dst[ow] + res[ow];
+  }
+  if (ep.gamma) {
+    const float g = ep.gamma[t.n * p.s.O + o], z = ep.zeta[t.n * p.s.O + o], b = ep.beta[o];
+    for (int64_t ow = ow_begin; ow < ow_end; ++ow) {
+      const float u = dst[ow];
+      const float shifted = u - g;
+      dst[ow] = u > g ? shifted + z : b * shifted + z;
     }
   }
 }
 
-// The epilogue in plain C++: out = (taps * C - 2 * D) * scale + bias, as float32.
-struct ScalarEpilogue {
-  template <int P, int Q>
-  static void store(const RowContext& r, const int64_t* D, int64_t ow, int64_t o, int64_t taps) {
-    store_outputs<P, Q>(r, D, ow, o, taps);
-  }
+// A run of valid outputs: row oh, columns [ow_begin, ow_end), starting at lane first.
+struct Run {
+  int64_t oh, ow_begin, ow_end, first;
 };
 
-// P pixels sharing one segment list against output channels [o_begin, o_end).
-template <class Kernel, int P>
-inline void run_channels(const RowContext& r, const uint32_t* const* xp, const Segment* segs, int64_t nseg,
-                         int64_t taps, int64_t ow, int64_t o_begin, int64_t o_end) {
-  constexpr int Q = Kernel::kChannels;
-  int64_t D[P * Q];
-  int64_t o = o_begin;
-  for (; o + Q <= o_end; o += Q) {
-    const uint32_t* wp[Q];
-    for (int q = 0; q < Q; ++q) wp[q] = r.w + (o + q) * r.weight_stride;
-    Kernel::template run<P, Q>(xp, wp, segs, nseg, D);
-    Kernel::template store<P, Q>(r, D, ow, o, taps);
+// Calls fn(oh, ow_begin, ow_end, first_lane) for the runs of valid outputs among lanes [m_begin, m_end).
+template <class Fn>
+inline void for_each_run(const ConvPlan& p, int64_t m_begin, int64_t m_end, Fn&& fn) {
+  m_end = std::min(m_end, p.Ho * p.Wq);
+  int64_t m = m_begin;
+  while (m < m_end) {
+    const int64_t oh = m / p.Wq, ow = m % p.Wq;
+    if (ow >= p.Wo) {
+      m = (oh + 1) * p.Wq;
+      continue;
+    }
+    const int64_t ow_end = std::min(p.Wo, ow + (m_end - m));
+    fn(oh, ow, ow_end, m);
+    m += ow_end - ow;
   }
-  for (; o < o_end; ++o) {
-    const uint32_t* wp = r.w + o * r.weight_stride;
-    Kernel::template run<P, 1>(xp, &wp, segs, nseg, D);
-    Kernel::template store<P, 1>(r, D, ow, o, taps);
+}
+
+// Binarises the finished outputs of channels [o_begin, o_end) (whole packed words) at the lanes
+// [m_begin, m_end) and writes their packed words.
+inline void pack_outputs(const Tile& t, int64_t o_begin, int64_t o_end, int64_t m_begin, int64_t m_end) {
+  const ConvPlan& p = *t.plan;
+  const ConvEpilogue& ep = *t.ep;
+  const int64_t O = p.s.O, out_words = (O + 31) / 32;
+  uint32_t bits[kLaneTile];
+  for_each_run(p, m_begin, m_end, [&](int64_t oh, int64_t ow_begin, int64_t ow_end, int64_t) {
+    const int64_t len = ow_end - ow_begin;
+    for (int64_t j = o_begin / 32; j * 32 < o_end; ++j) {
+      std::fill(bits, bits + len, 0u);
+      for (int64_t o = j * 32; o < std::min(O, j * 32 + 32); ++o) {
+        const float* row = t.out + ((t.n * O + o) * p.Ho + oh) * p.Wo + ow_begin;
+        const float thr = ep.threshold ? ep.threshold[t.n * ep.threshold_stride + o] : 0.f;
+        const int shift = static_cast<int>(o - j * 32);
+        for (int64_t i = 0; i < len; ++i) bits[i] |= static_cast<uint32_t>(!(row[i] > thr)) << shift;
+      }
+      uint32_t* dst = ep.packed + ((t.n * p.Ho + oh) * p.Wo + ow_begin) * out_words + j;
+      for (int64_t i = 0; i < len; ++i) dst[i * out_words] = bits[i];
+    }
+  });
+}
+
+template <class Kernel, int Q>
+inline void run_block(const Tile& t, const uint32_t* x, int64_t m, int64_t o, const Run* runs, int nruns) {
+  constexpr int64_t L = Kernel::kLanes;
+  const ConvPlan& p = *t.plan;
+  alignas(64) int32_t D[Q * L];
+  Kernel::template run<Q>(x + m, p.step_offset.data(), t.w + o * p.steps, p.steps, D);
+  for (int q = 0; q < Q; ++q) {
+    for (int r = 0; r < nruns; ++r) {
+      finish_row(t, D + q * L + (runs[r].first - m), o + q, runs[r].oh, runs[r].ow_begin, runs[r].ow_end);
+    }
   }
 }
 
 template <class Kernel>
-void conv_tiles(const ConvShape& s, const uint32_t* x, const uint32_t* w, const float* scale, const float* bias,
-                float* out, int64_t tile_begin, int64_t tile_end) {
-  constexpr int PB = Kernel::kPixels;
-  const int64_t words = s.words();
-  const int64_t Ho = s.out_h();
-  const int64_t Wo = s.out_w();
-  const int64_t channel_tiles = (s.O + kChannelTile - 1) / kChannelTile;
-
-  // Output columns whose receptive field lies entirely inside the image: [ow_lo, ow_hi).
-  const int64_t reach = (s.KW - 1) * s.dil_w;
-  const int64_t ow_lo = std::min(Wo, (s.pad_w + s.stride_w - 1) / s.stride_w);
-  const int64_t last_start = s.W - 1 - reach + s.pad_w;
-  const int64_t ow_hi = std::clamp(last_start >= 0 ? last_start / s.stride_w + 1 : int64_t{0}, ow_lo, Wo);
-
-  std::vector<Segment> interior;
-  std::vector<Segment> border;
-  interior.reserve(s.KH * s.KW);
-  border.reserve(s.KH * s.KW);
-  std::vector<int64_t> valid_rows;
-  valid_rows.reserve(s.KH);
-
-  RowContext r{&s, w, scale, bias, out, 0, 0, Ho, Wo, s.KH * s.KW * words};
+void conv_tiles(const ConvPlan& p, const uint32_t* planes, const uint32_t* w, const ConvEpilogue& ep, float* out,
+                int64_t tile_begin, int64_t tile_end) {
+  constexpr int Q = Kernel::kChannels;
+  const int64_t channel_tiles = (p.s.O + kChannelTile - 1) / kChannelTile;
+  const int64_t lane_tiles = p.lanes / kLaneTile;
   for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
-    const int64_t channel_tile = tile % channel_tiles;
-    const int64_t row = tile / channel_tiles;
-    r.n = row / Ho;
-    r.oh = row % Ho;
-    const int64_t o_begin = channel_tile * kChannelTile;
-    const int64_t o_end = std::min(s.O, o_begin + kChannelTile);
-    const uint32_t* xn = x + r.n * s.H * s.W * words;
-
-    // Kernel rows inside the image are the same for the whole output row.
-    valid_rows.clear();
-    interior.clear();
-    for (int64_t kh = 0; kh < s.KH; ++kh) {
-      const int64_t ih = r.oh * s.stride_h - s.pad_h + kh * s.dil_h;
-      if (ih < 0 || ih >= s.H) continue;
-      valid_rows.push_back(kh);
-      if (s.dil_w == 1) {
-        interior.push_back({ih * s.W * words, kh * s.KW * words, s.KW * words});
-      } else {
-        for (int64_t kw = 0; kw < s.KW; ++kw) {
-          interior.push_back({(ih * s.W + kw * s.dil_w) * words, (kh * s.KW + kw) * words, words});
-        }
-      }
+    const int64_t ct = tile % channel_tiles;
+    const int64_t lt = (tile / channel_tiles) % lane_tiles;
+    const int64_t n = tile / (channel_tiles * lane_tiles);
+    const int64_t o_begin = ct * kChannelTile, o_end = std::min(p.s.O, o_begin + kChannelTile);
+    const int64_t m_begin = lt * kLaneTile, m_end = m_begin + kLaneTile;
+    const Tile t{&p, &ep, w, out, n};
+    const uint32_t* x = planes + n * p.planes_per_sample() * p.plane;
+    for (int64_t m = m_begin; m < m_end && m < p.Ho * p.Wq; m += Kernel::kLanes) {
+      // Each lane of the block starts at most one run.
+      Run runs[Kernel::kLanes];
+      int nruns = 0;
+      for_each_run(p, m, m + Kernel::kLanes, [&](int64_t oh, int64_t ow_begin, int64_t ow_end, int64_t first) {
+        runs[nruns++] = Run{oh, ow_begin, ow_end, first};
+      });
+      int64_t o = o_begin;
+      for (; o + Q <= o_end; o += Q) run_block<Kernel, Q>(t, x, m, o, runs, nruns);
+      for (; o < o_end; ++o) run_block<Kernel, 1>(t, x, m, o, runs, nruns);
     }
-    const int64_t kh_valid = static_cast<int64_t>(valid_rows.size());
-
-    // Interior: every tap valid, PB pixels at a time.
-    const int64_t interior_taps = kh_valid * s.KW;
-    int64_t ow = ow_lo;
-    for (; ow + PB <= ow_hi; ow += PB) {
-      const uint32_t* xp[PB];
-      for (int p = 0; p < PB; ++p) xp[p] = xn + ((ow + p) * s.stride_w - s.pad_w) * words;
-      run_channels<Kernel, PB>(r, xp, interior.data(), static_cast<int64_t>(interior.size()), interior_taps, ow,
-                               o_begin, o_end);
-    }
-    for (; ow < ow_hi; ++ow) {
-      const uint32_t* xp = xn + (ow * s.stride_w - s.pad_w) * words;
-      run_channels<Kernel, 1>(r, &xp, interior.data(), static_cast<int64_t>(interior.size()), interior_taps, ow,
-                              o_begin, o_end);
-    }
-
-    // Border: only the taps inside the image, one pixel at a time.
-    for (int64_t bw = 0; bw < Wo; ++bw) {
-      if (bw == ow_lo) bw = std::max(ow_lo, ow_hi);
-      if (bw >= Wo) break;
-      const int64_t base = bw * s.stride_w - s.pad_w;
-      const int64_t kw_lo = base < 0 ? std::min(s.KW, (-base + s.dil_w - 1) / s.dil_w) : 0;
-      const int64_t kw_hi =
-          (s.W - 1 - base) >= 0 ? std::clamp((s.W - 1 - base) / s.dil_w + 1, kw_lo, s.KW) : kw_lo;
-      border.clear();
-      for (int64_t kh : valid_rows) {
-        const int64_t ih = r.oh * s.stride_h - s.pad_h + kh * s.dil_h;
-        if (kw_hi <= kw_lo) break;
-        if (s.dil_w == 1) {
-          border.push_back({(ih * s.W + base + kw_lo) * words, (kh * s.KW + kw_lo) * words, (kw_hi - kw_lo) * words});
-        } else {
-          for (int64_t kw = kw_lo; kw < kw_hi; ++kw) {
-            border.push_back({(ih * s.W + base + kw * s.dil_w) * words, (kh * s.KW + kw) * words, words});
-          }
-        }
-      }
-      const uint32_t* xp = xn;
-      run_channels<Kernel, 1>(r, &xp, border.data(), static_cast<int64_t>(border.size()), kh_valid * (kw_hi - kw_lo),
-                              bw, o_begin, o_end);
-    }
+    if (ep.packed) pack_outputs(t, o_begin, o_end, m_begin, m_end);
   }
 }
 

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "../core/cpu_features.h"
+#include "../core/popcount_peak.h"
 
 #ifndef HIDIFF_TORCH_VERSION
 #define HIDIFF_TORCH_VERSION "unknown"
@@ -54,4 +55,19 @@ PYBIND11_MODULE(_C, m) {
         if (!set_active_isa(isa)) throw py::value_error("isa '" + name + "' is not supported by this CPU");
       },
       py::arg("isa"), "Forces a popcount path (for tests and benchmarks).");
+  m.def(
+      "popcount_peak",
+      [](int64_t iterations) {
+        if (iterations <= 0) throw py::value_error("iterations must be positive, got " + std::to_string(iterations));
+        uint64_t checksum = 0;
+        int64_t bits;
+        {
+          py::gil_scoped_release release;
+          bits = popcount_peak(iterations, &checksum);
+        }
+        return py::make_tuple(bits, checksum);
+      },
+      py::arg("iterations"),
+      "Runs the register-only XOR + popcount + add loop of the active path on this thread; returns "
+      "(binary MACs performed, checksum). Time it to get the per-core popcount limit.");
 }

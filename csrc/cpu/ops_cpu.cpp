@@ -7,6 +7,7 @@
 
 #include <optional>
 #include <string>
+#include <tuple>
 
 #include "../core/bernoulli.h"
 #include "../core/binary_conv.h"
@@ -90,9 +91,9 @@ std::optional<at::Tensor> prepare_affine(const std::optional<at::Tensor>& t, con
   return t->to(at::kFloat).contiguous();
 }
 
-at::Tensor binary_conv2d_cpu(const at::Tensor& x_packed, const at::Tensor& w_packed, int64_t in_channels,
-                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                             const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& bias) {
+// Checks the convolution arguments and returns the shape of the call.
+core::ConvShape conv_shape(const at::Tensor& x_packed, const at::Tensor& w_packed, int64_t in_channels,
+                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
   check_packed(x_packed, "x_packed", "(N, H, W, words)");
   check_packed(w_packed, "w_packed", "(O, KH, KW, words)");
   TORCH_CHECK_VALUE(in_channels > 0, "in_channels must be positive, got ", in_channels);
@@ -117,20 +118,96 @@ at::Tensor binary_conv2d_cpu(const at::Tensor& x_packed, const at::Tensor& w_pac
                     ", kernel ", s.KH, "x", s.KW, ", padding ", padding, ", dilation ", dilation);
   TORCH_CHECK_VALUE(in_channels * s.KH * s.KW < (int64_t{1} << 31), "in_channels * KH * KW must be below 2^31, got ",
                     in_channels, " * ", s.KH, " * ", s.KW);
-  const auto scale_f = prepare_affine(scale, "scale", s.O);
-  const auto bias_f = prepare_affine(bias, "bias", s.O);
+  return s;
+}
 
+// Runs the convolution into out (N, O, Ho, Wo) float32: plan, input planes, then the tiles.
+void run_conv(const core::ConvShape& s, const at::Tensor& x_packed, const at::Tensor& w_packed,
+              const core::ConvEpilogue& epilogue, at::Tensor& out) {
+  if (out.numel() == 0) return;
   const at::Tensor x = x_packed.contiguous();
   const at::Tensor w = w_packed.contiguous();
-  at::Tensor out = at::empty({s.N, s.O, s.out_h(), s.out_w()}, x.options().dtype(at::kFloat));
-  if (out.numel() == 0) return out;
-  const float* scale_ptr = scale_f ? scale_f->data_ptr<float>() : nullptr;
-  const float* bias_ptr = bias_f ? bias_f->data_ptr<float>() : nullptr;
-  float* out_ptr = out.data_ptr<float>();
-  at::parallel_for(0, core::binary_conv2d_num_tiles(s), 1, [&](int64_t begin, int64_t end) {
-    core::binary_conv2d_tiles(s, words_of(x), words_of(w), scale_ptr, bias_ptr, out_ptr, begin, end);
+  const core::ConvPlan plan = core::make_conv_plan(s, words_of(w));
+  at::Tensor planes = at::zeros({plan.scratch_words()}, x.options());
+  uint32_t* planes_ptr = reinterpret_cast<uint32_t*>(planes.data_ptr<int32_t>());
+  at::parallel_for(0, s.N * s.H, 16, [&](int64_t begin, int64_t end) {
+    core::conv_prepare_input(plan, words_of(x), planes_ptr, begin, end);
   });
+  float* out_ptr = out.data_ptr<float>();
+  at::parallel_for(0, plan.num_tiles(), 1, [&](int64_t begin, int64_t end) {
+    core::conv_tiles(plan, planes_ptr, words_of(w), epilogue, out_ptr, begin, end);
+  });
+}
+
+at::Tensor binary_conv2d_cpu(const at::Tensor& x_packed, const at::Tensor& w_packed, int64_t in_channels,
+                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                             const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& bias) {
+  const core::ConvShape s = conv_shape(x_packed, w_packed, in_channels, stride, padding, dilation);
+  const auto scale_f = prepare_affine(scale, "scale", s.O);
+  const auto bias_f = prepare_affine(bias, "bias", s.O);
+  at::Tensor out = at::empty({s.N, s.O, s.out_h(), s.out_w()}, x_packed.options().dtype(at::kFloat));
+  core::ConvEpilogue epilogue;
+  epilogue.scale = scale_f ? scale_f->data_ptr<float>() : nullptr;
+  epilogue.bias = bias_f ? bias_f->data_ptr<float>() : nullptr;
+  run_conv(s, x_packed, w_packed, epilogue, out);
   return out;
+}
+
+// A float32 CPU tensor of the given shape, contiguous (the fused epilogue reads raw rows).
+at::Tensor prepare_float32(const at::Tensor& t, const char* name, at::IntArrayRef shape, const char* layout) {
+  check_cpu(t, name);
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat, name, " must be float32, got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.sizes() == shape, name, " must have shape ", layout, " = ", shape, ", got ", t.sizes());
+  return t.contiguous();
+}
+
+std::tuple<at::Tensor, at::Tensor> binary_conv2d_fused_cpu(
+    const at::Tensor& x_packed, const at::Tensor& w_packed, int64_t in_channels, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, const std::optional<at::Tensor>& scale,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
+    const std::optional<at::Tensor>& gamma, const std::optional<at::Tensor>& zeta,
+    const std::optional<at::Tensor>& beta, const std::optional<at::Tensor>& threshold, bool pack) {
+  const core::ConvShape s = conv_shape(x_packed, w_packed, in_channels, stride, padding, dilation);
+  const int64_t Ho = s.out_h(), Wo = s.out_w();
+  const auto scale_f = prepare_affine(scale, "scale", s.O);
+  const auto bias_f = prepare_affine(bias, "bias", s.O);
+  core::ConvEpilogue epilogue;
+  epilogue.scale = scale_f ? scale_f->data_ptr<float>() : nullptr;
+  epilogue.bias = bias_f ? bias_f->data_ptr<float>() : nullptr;
+  std::optional<at::Tensor> residual_f, gamma_f, zeta_f, beta_f, threshold_f;
+  if (residual) {
+    residual_f = prepare_float32(*residual, "residual", {s.N, s.O, Ho, Wo}, "(N, O, Ho, Wo)");
+    epilogue.residual = residual_f->data_ptr<float>();
+  }
+  const int given = int(gamma.has_value()) + int(zeta.has_value()) + int(beta.has_value());
+  TORCH_CHECK_VALUE(given == 0 || given == 3, "gamma, zeta and beta (the TA epilogue) must be given together");
+  if (given == 3) {
+    gamma_f = prepare_float32(*gamma, "gamma", {s.N, s.O}, "(N, O)");
+    zeta_f = prepare_float32(*zeta, "zeta", {s.N, s.O}, "(N, O)");
+    beta_f = prepare_float32(*beta, "beta", {s.O}, "(O,)");
+    epilogue.gamma = gamma_f->data_ptr<float>();
+    epilogue.zeta = zeta_f->data_ptr<float>();
+    epilogue.beta = beta_f->data_ptr<float>();
+  }
+  if (threshold) {
+    TORCH_CHECK_VALUE(pack, "threshold is only used with pack=True (it binarises the output for the next layer)");
+    check_cpu(*threshold, "threshold");
+    TORCH_CHECK_TYPE(threshold->scalar_type() == at::kFloat, "threshold must be float32, got ",
+                     threshold->scalar_type());
+    const bool per_channel = threshold->dim() == 1 && threshold->size(0) == s.O;
+    const bool per_sample = threshold->dim() == 2 && threshold->size(0) == s.N && threshold->size(1) == s.O;
+    TORCH_CHECK_VALUE(per_channel || per_sample, "threshold must have shape (O,) = (", s.O, ",) or (N, O) = (", s.N,
+                      ", ", s.O, "), got ", threshold->sizes());
+    threshold_f = threshold->contiguous();
+    epilogue.threshold = threshold_f->data_ptr<float>();
+    epilogue.threshold_stride = per_sample ? s.O : 0;
+  }
+  at::Tensor out = at::empty({s.N, s.O, Ho, Wo}, x_packed.options().dtype(at::kFloat));
+  at::Tensor packed = pack ? at::empty({s.N, Ho, Wo, packed_words(s.O)}, x_packed.options())
+                           : at::empty({0}, x_packed.options());
+  if (pack) epilogue.packed = reinterpret_cast<uint32_t*>(packed.data_ptr<int32_t>());
+  run_conv(s, x_packed, w_packed, epilogue, out);
+  return {out, packed};
 }
 
 at::Tensor time_activation_cpu(const at::Tensor& u, const at::Tensor& gamma, const at::Tensor& zeta,
@@ -221,6 +298,7 @@ TORCH_LIBRARY_IMPL(hidiff, CPU, m) {
   m.impl("binarize_pack", &hidiff::binarize_pack_cpu);
   m.impl("pack_weight", &hidiff::pack_weight_cpu);
   m.impl("binary_conv2d", &hidiff::binary_conv2d_cpu);
+  m.impl("binary_conv2d_fused", &hidiff::binary_conv2d_fused_cpu);
   m.impl("time_activation", &hidiff::time_activation_cpu);
   m.impl("bernoulli_step", &hidiff::bernoulli_step_cpu);
 }

@@ -69,15 +69,17 @@ void test_conv_case(Isa isa, const ConvShape& s, std::mt19937& rng) {
   const int64_t Ho = s.out_h(), Wo = s.out_w();
   std::vector<float> out(s.N * s.O * Ho * Wo, NAN);
   set_active_isa(isa);
-  binary_conv2d_tiles(s, xp.data(), wp.data(), nullptr, nullptr, out.data(), 0, binary_conv2d_num_tiles(s));
+  binary_conv2d(s, xp.data(), wp.data(), ConvEpilogue{}, out.data());
   // The affine epilogue: out * scale + bias, multiply and add rounded separately.
   std::vector<float> scale(s.O), bias(s.O), affine(out.size(), NAN);
   for (int64_t o = 0; o < s.O; ++o) {
     scale[o] = dist(rng) + 1.5f;
     bias[o] = dist(rng);
   }
-  binary_conv2d_tiles(s, xp.data(), wp.data(), scale.data(), bias.data(), affine.data(), 0,
-                      binary_conv2d_num_tiles(s));
+  ConvEpilogue epilogue;
+  epilogue.scale = scale.data();
+  epilogue.bias = bias.data();
+  binary_conv2d(s, xp.data(), wp.data(), epilogue, affine.data());
   for (size_t i = 0; i < out.size(); ++i) {
     const int64_t o = (static_cast<int64_t>(i) / (Ho * Wo)) % s.O;
     const float product = out[i] * scale[o];
@@ -114,7 +116,9 @@ void test_conv_all_isas() {
       {33, 17, 5, 7, 3, 1, 2, 2},  {63, 8, 4, 4, 1, 1, 0, 1},  {65, 70, 9, 11, 3, 2, 2, 1},
       {96, 16, 1, 1, 3, 1, 1, 1},  {193, 10, 5, 6, 3, 1, 1, 2}, {128, 64, 8, 8, 3, 1, 1, 1},
       {512, 8, 3, 3, 3, 1, 0, 1},  {40, 5, 6, 6, 5, 1, 2, 1},  {7, 4, 3, 3, 3, 1, 2, 1},
-      {512, 3, 6, 6, 5, 1, 2, 1},  // 50 AVX2 chunks per output: exercises the byte-counter fold
+      {512, 3, 6, 6, 5, 1, 2, 1},  // 50 Harley-Seal groups per output: exercises the byte-counter flush
+      {32, 70, 20, 30, 3, 1, 1, 1},  // several lane tiles and a partial channel tile
+      {64, 9, 17, 40, 3, 2, 1, 1},   // stride 2 over several lane tiles
   };
   for (Isa isa : {Isa::Portable, Isa::Avx2, Isa::Avx512}) {
     if (!isa_supported(isa)) {

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import hidiff_kernels as hk
+from hidiff_kernels.counting.markers import Matmul
 from hidiff_kernels.nn import ApproxSign, BinaryLinear, TimeActivation, TimeBinarize, WeightSign
 
 from .layers import ResBlock
@@ -220,6 +221,10 @@ class CrossAttention(nn.Module):
         self.tb_q = TimeBinarize(dim, emb_dim)
         self.tb_k = TimeBinarize(dim, emb_dim)
         self.tb_v = TimeBinarize(dim, emb_dim)
+        # Binary form: q, k, v are signs and the probabilities {0, 1}, so both products are binary
+        # (counted as BOPs); Matmul marks them for the counters (hidiff_kernels.counting).
+        self.score_matmul = Matmul(binary)
+        self.context_matmul = Matmul(binary)
         self.bn_out = TokenBatchNorm(dim)
         self.ta_out = TokenTimeActivation(dim, emb_dim)
 
@@ -238,9 +243,9 @@ class CrossAttention(nn.Module):
         q = self._split_heads(self._shift(self.tb_q, q_mix, emb))
         k = self._split_heads(self._shift(self.tb_k, k_mix, emb))
         v = self._split_heads(self._shift(self.tb_v, v_mix, emb))
-        scores = q @ k.transpose(-1, -2) / math.sqrt(self.dim // self.heads)
+        scores = self.score_matmul(q, k.transpose(-1, -2)) / math.sqrt(self.dim // self.heads)
         probs = binarized_attention(scores) if self.binary else torch.softmax(scores, dim=-1)
-        context = (probs @ v).transpose(1, 2).reshape(x_q.shape)
+        context = self.context_matmul(probs, v).transpose(1, 2).reshape(x_q.shape)
         return self.ta_out(self.bn_out(context) + q_mix + k_mix + v_mix, emb)
 
 

@@ -1,8 +1,9 @@
 """hidiff_kernels: bit-packed XNOR-popcount kernels for PyTorch.
 
 Importing the package defines the ``hidiff::`` ops, loads the compiled kernels
-(``hidiff_kernels._C``) when they are built, and registers the pure-PyTorch reference for any
-backend left without a kernel, so the ops always run. ``HIDIFF_KERNELS_REFERENCE_ONLY=1`` skips
+(``hidiff_kernels._C``) when they are built, registers the Triton kernels for CUDA ops without a
+compiled kernel (only with a CUDA torch, a GPU and Triton), and the pure-PyTorch reference for
+any backend still left without a kernel, so the ops always run. ``HIDIFF_KERNELS_REFERENCE_ONLY=1`` skips
 the compiled kernels (to compare against, or to rule them out when debugging).
 """
 
@@ -13,7 +14,7 @@ import logging
 import os
 
 from . import ops
-from .ops import bernoulli_step, binarize_pack, binary_conv2d, pack_weight, time_activation
+from .ops import bernoulli_step, binarize_pack, binary_conv2d, binary_conv2d_fused, pack_weight, time_activation
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +31,19 @@ else:
         COMPILED = True
     except ImportError as error:  # not built, or built against another torch
         logger.warning("hidiff_kernels._C is not available (%s); using the pure-PyTorch reference kernels", error)
+    # Triton kernels for the CUDA ops left without a compiled one; a no-op (Triton not even
+    # imported) without a CUDA torch, a GPU and Triton.
+    importlib.import_module(".triton.registration", __name__).register_triton_kernels()
 
 ops.register_reference_fallbacks()
 
-__all__ = ["COMPILED", "bernoulli_step", "binarize_pack", "binary_conv2d", "pack_weight", "time_activation"]
+__all__ = [
+    "COMPILED",
+    "bernoulli_step",
+    "binarize_pack",
+    "binary_conv2d",
+    "binary_conv2d_fused",
+    "pack_weight",
+    "time_activation",
+]
 __version__ = "0.1.0"

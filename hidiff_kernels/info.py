@@ -2,7 +2,7 @@
 
 Prints the torch version the extension was built against and the one running, CUDA, the CPU
 features detected, the popcount path in use, and for every ``hidiff::`` op and backend whether
-the compiled kernel or the pure-PyTorch reference runs.
+the compiled kernel, a Triton kernel (CUDA only) or the pure-PyTorch reference runs.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import torch
 
 import hidiff_kernels
 from hidiff_kernels import ops
+from hidiff_kernels.triton.registration import TRITON_SERVED
 
 
 def kernel_table() -> dict[str, dict[str, str]]:
@@ -23,6 +24,8 @@ def kernel_table() -> dict[str, dict[str, str]]:
         for key in ops.BACKENDS:
             if (name, key) in ops.REFERENCE_SERVED:
                 row[key] = "reference"
+            elif (name, key) in TRITON_SERVED:
+                row[key] = "Triton"
             elif ops.has_kernel(name, key):
                 row[key] = "C++" if key == "CPU" else "CUDA"
             else:
@@ -46,10 +49,11 @@ def report() -> str:
         lines.append("extension: not built (reference kernels only)")
     lines.append(f"threads: {torch.get_num_threads()}")
     lines.append("")
-    header = f"{'op':<18}" + "".join(f"{key:<16}" for key in ops.BACKENDS)
+    width = max(len(name) for name in ops.SCHEMAS) + 2
+    header = f"{'op':<{width}}" + "".join(f"{key:<16}" for key in ops.BACKENDS)
     lines.append(header)
     for name, row in kernel_table().items():
-        lines.append(f"{name:<18}" + "".join(f"{row[key]:<16}" for key in ops.BACKENDS))
+        lines.append(f"{name:<{width}}" + "".join(f"{row[key]:<16}" for key in ops.BACKENDS))
     return "\n".join(lines)
 
 

@@ -4,11 +4,31 @@
 - :class:`UNet`, :class:`TimmSegmentor`, :func:`build_segmentor`: segmentors
   ``x -> (logits, 4 features at H/4..H/32)``; :func:`prior_from_logits`.
 - :class:`HiDiff`: segmentor + refiner + Bernoulli diffusion (prior, loss, refinement, masks).
+- :func:`freeze` / :class:`FrozenBBDM`: the deployable refiner (folded, packed, per-step tables,
+  per-image condition cache).
+- :data:`BASELINES`, :func:`build_baseline`: the Table XI baselines (MERIT, BerDiff, PD-DDPM,
+  MedSegDiff-V2), see :mod:`hidiff.models.baselines`.
 """
 
+from .baselines import BASELINES, BaselineSpec, build_baseline
 from .bbdm import BBDM
+from .frozen import ConditionCache, FrozenBBDM, freeze
 from .hidiff import HiDiff
 from .segmentors import TimmSegmentor, UNet, build_segmentor, prior_from_logits
 from .xformer import XFormer
 
-__all__ = ["BBDM", "HiDiff", "TimmSegmentor", "UNet", "XFormer", "build_segmentor", "prior_from_logits"]
+__all__ = [
+    "BASELINES",
+    "BBDM",
+    "BaselineSpec",
+    "ConditionCache",
+    "FrozenBBDM",
+    "HiDiff",
+    "TimmSegmentor",
+    "UNet",
+    "XFormer",
+    "build_baseline",
+    "build_segmentor",
+    "freeze",
+    "prior_from_logits",
+]

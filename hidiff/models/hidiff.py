@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
+from .frozen import FrozenBBDM, freeze
 from .segmentors import prior_from_logits
 
 if TYPE_CHECKING:
@@ -108,9 +110,25 @@ class HiDiff(nn.Module):
             lambda y_t, t_: self.refiner(x, y_t, prior, t_, features), y0, prior, t=t, generator=generator
         )
 
+    def freeze(self, steps: int | None = None) -> FrozenBBDM:
+        """The deployable refiner (:class:`~hidiff.models.frozen.FrozenBBDM`) for a sampler of ``steps`` steps.
+
+        It holds per-step tables for exactly the timesteps such a run visits
+        (``self.diffusion.timesteps(steps)``, the same for DDIM and ancestral sampling); pass it
+        as ``frozen=`` to :meth:`refine` / :meth:`refine_from_prior` with the same ``steps``. It is
+        a snapshot: freeze again after training the refiner further.
+        """
+        return freeze(self.refiner, self.diffusion.timesteps(steps))
+
     @torch.no_grad()
     def refine(
-        self, x: Tensor, steps: int | None = None, samples: int = 1, sampler: str = "ddim", seed: int = 0
+        self,
+        x: Tensor,
+        steps: int | None = None,
+        samples: int = 1,
+        sampler: str = "ddim",
+        seed: int = 0,
+        frozen: FrozenBBDM | None = None,
     ) -> Tensor:
         """Refined continuous map ``y0_hat`` (no gradients: the reverse chain samples Bernoulli draws).
 
@@ -120,13 +138,16 @@ class HiDiff(nn.Module):
             samples: ensemble size.
             sampler: ``"ddim"`` or ``"ancestral"``.
             seed: sampling seed.
+            frozen: optional frozen refiner (:meth:`freeze`) run instead of ``self.refiner``.
 
         Returns:
             float32 ``(B, K, H, W)`` in [0, 1]. Call ``eval()`` first for inference statistics and
             the packed binary kernels.
         """
         prior, features = self.prior(x)
-        return self.refine_from_prior(x, prior, features, steps=steps, samples=samples, sampler=sampler, seed=seed)
+        return self.refine_from_prior(
+            x, prior, features, steps=steps, samples=samples, sampler=sampler, seed=seed, frozen=frozen
+        )
 
     @torch.no_grad()
     def refine_from_prior(
@@ -138,6 +159,7 @@ class HiDiff(nn.Module):
         samples: int = 1,
         sampler: str = "ddim",
         seed: int = 0,
+        frozen: FrozenBBDM | None = None,
     ) -> Tensor:
         """:meth:`refine` from an already computed prior and features (one segmentor pass serves both
         the segmentor's own prediction and the refinement).
@@ -145,19 +167,42 @@ class HiDiff(nn.Module):
         Args:
             x: float ``(B, Cimg, H, W)``.
             prior, features: outputs of :meth:`prior` for ``x``.
-            steps, samples, sampler, seed: as in :meth:`refine`.
+            steps, samples, sampler, seed, frozen: as in :meth:`refine`. With ``frozen``, the
+                image/feature condition cache is computed once and reused by every step and
+                ensemble member.
 
         Returns:
             float32 ``(B, K, H, W)`` in [0, 1].
+
+        Raises:
+            ValueError: ``frozen`` lacks tables for some timestep the sampler visits.
         """
+        denoise_fn = (
+            self._frozen_denoiser(frozen, x, prior, features, steps)
+            if frozen is not None
+            else lambda y_t, t: self.refiner(x, y_t, prior, t, features)
+        )
         return self.diffusion.sample(
-            lambda y_t, t: self.refiner(x, y_t, prior, t, features),
+            denoise_fn,
             prior,
             steps=steps,
             sampler=sampler,
             samples=samples,
             seed=seed,
         )
+
+    def _frozen_denoiser(
+        self, frozen: FrozenBBDM, x: Tensor, prior: Tensor, features: list[Tensor], steps: int | None
+    ) -> Callable[[Tensor, Tensor], Tensor]:
+        """``(y_t, t) -> eps_hat`` of the frozen refiner, with the condition cache computed once here."""
+        missing = sorted(set(self.diffusion.timesteps(steps)) - set(frozen.frozen_timesteps))
+        if missing:
+            raise ValueError(
+                f"frozen has no tables for the timesteps {missing} that a run of steps={steps} visits (it has "
+                f"{frozen.frozen_timesteps}): pass frozen=self.freeze({steps})"
+            )
+        cache = frozen.prepare(x, features)
+        return lambda y_t, t: frozen.step(cache, y_t, prior, t)
 
     @torch.no_grad()
     def segment(self, x: Tensor, refine: bool = True, **kwargs) -> Tensor:

@@ -5,9 +5,11 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <optional>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include "../core/bernoulli.h"
 #include "../core/binary_conv.h"
@@ -128,8 +130,16 @@ void run_conv(const core::ConvShape& s, const at::Tensor& x_packed, const at::Te
   const at::Tensor x = x_packed.contiguous();
   const at::Tensor w = w_packed.contiguous();
   const core::ConvPlan plan = core::make_conv_plan(s, words_of(w));
-  at::Tensor planes = at::zeros({plan.scratch_words()}, x.options());
-  uint32_t* planes_ptr = reinterpret_cast<uint32_t*>(planes.data_ptr<int32_t>());
+  // The word planes are rebuilt by every call. A grow-only buffer per calling thread avoids the
+  // first-touch page faults of a fresh allocation (megabytes at the refiner's resolutions);
+  // calls never nest on one thread.
+  static thread_local std::vector<uint32_t> scratch;
+  const auto scratch_words = static_cast<size_t>(plan.scratch_words());
+  if (scratch.size() < scratch_words) scratch.resize(scratch_words);
+  uint32_t* planes_ptr = scratch.data();
+  at::parallel_for(0, static_cast<int64_t>(scratch_words), 1 << 16, [&](int64_t begin, int64_t end) {
+    std::fill(planes_ptr + begin, planes_ptr + end, 0u);
+  });
   at::parallel_for(0, s.N * s.H, 16, [&](int64_t begin, int64_t end) {
     core::conv_prepare_input(plan, words_of(x), planes_ptr, begin, end);
   });

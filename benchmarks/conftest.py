@@ -29,30 +29,65 @@ def pytest_configure(config):
     torch.set_num_threads(config.getoption("--bench-threads"))
 
 
+@dataclass(frozen=True)
+class Target:
+    """Speed-up goals of one column over the baseline: on the geometric mean and, optionally, on every row."""
+
+    column: str
+    geometric_mean: float
+    every_row: float | None = None
+
+
 @dataclass
 class Table:
     """Medians in seconds: rows (shapes) x columns (implementations); ``baseline`` is the reference column."""
 
     title: str
     baseline: str
-    target: tuple[str, float] | None = None  # (column, geometric-mean speed-up it must reach)
+    target: Target | None = None
     columns: list[str] = field(default_factory=list)
     medians: dict[str, dict[str, float]] = field(default_factory=lambda: defaultdict(dict))
 
 
+@dataclass
+class MetricTable:
+    """Measured values that are not times (memory, sizes, rates): rows x columns, in one unit."""
+
+    title: str
+    unit: str
+    columns: list[str] = field(default_factory=list)
+    values: dict[str, dict[str, float]] = field(default_factory=lambda: defaultdict(dict))
+
+
 TABLES: dict[str, Table] = {}
+METRICS: dict[str, MetricTable] = {}
+
+
+@pytest.fixture
+def record_metric():
+    """``record_metric(table, title, unit, row, column, value)`` files a measured non-time value
+    (e.g. peak memory in MiB) under a metric table cell."""
+
+    def _record(table: str, title: str, unit: str, row: str, column: str, value: float) -> None:
+        entry = METRICS.setdefault(table, MetricTable(title, unit))
+        if column not in entry.columns:
+            entry.columns.append(column)
+        entry.values[row][column] = value
+
+    return _record
 
 
 @pytest.fixture
 def record(benchmark):
-    """``record(table, title, baseline, row, column)`` files this test's median under a table cell.
+    """``record(table, title, baseline, row, column, target=None)`` files this test's median under a table cell.
 
-    Call it before ``benchmark(...)``; the median is read when the test has run.
+    Call it before ``benchmark(...)``; the median is read when the test has run. ``target`` is
+    ``(column, geometric-mean speed-up)`` or ``(column, geometric-mean speed-up, minimum on every row)``.
     """
     cell: dict[str, str] = {}
 
     def _record(
-        table: str, title: str, baseline: str, row: str, column: str, target: tuple[str, float] | None = None
+        table: str, title: str, baseline: str, row: str, column: str, target: tuple[str, float, float] | None = None
     ) -> None:
         benchmark.group = f"{table}: {row}"
         benchmark.extra_info.update({"table": table, "row": row, "column": column})
@@ -63,7 +98,7 @@ def record(benchmark):
         return
     entry = TABLES.setdefault(cell["table"], Table(cell["title"], cell["baseline"]))
     if cell["target"]:
-        entry.target = cell["target"]
+        entry.target = Target(*cell["target"])
     if cell["column"] not in entry.columns:
         entry.columns.append(cell["column"])
     entry.medians[cell["row"]][cell["column"]] = benchmark.stats.stats.median
@@ -108,19 +143,45 @@ def render(table: Table) -> list[str]:
     means = {c: math.exp(sum(map(math.log, ratios[c])) / len(ratios[c])) for c in others if ratios[c]}
     geo += [f"**{means[c]:.2f}x**" if c in means else "-" for c in others]
     lines.append("| " + " | ".join(geo) + " |")
-    if table.target and table.target[0] in means:
-        column, goal = table.target
-        verdict = "met" if means[column] >= goal else "NOT met"
-        lines += ["", f"Target: {column} >= {goal:g}x over {table.baseline} on the geometric mean: {verdict}."]
+    target = table.target
+    if target and target.column in means:
+        verdict = "met" if means[target.column] >= target.geometric_mean else "NOT met"
+        lines += [
+            "",
+            f"Target: {target.column} >= {target.geometric_mean:g}x over {table.baseline} on the geometric mean: "
+            f"{verdict}.",
+        ]
+        if target.every_row is not None:
+            slowest = min(ratios[target.column])
+            verdict = "met" if slowest >= target.every_row else "NOT met"
+            lines.append(f"Target: no row below {target.every_row:g}x (slowest {slowest:.2f}x): {verdict}.")
+    return lines
+
+
+def render_metrics(table: MetricTable) -> list[str]:
+    """A metric table; with a common unit and two columns, their ratio is added."""
+    header = ["row"] + [f"{c} ({table.unit})" if table.unit else c for c in table.columns]
+    with_ratio = bool(table.unit) and len(table.columns) == 2
+    if with_ratio:
+        header.append(f"{table.columns[0]} / {table.columns[1]}")
+    lines = [f"### {table.title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row, values in table.values.items():
+        cells = [row] + [f"{values[c]:.3f}" if c in values else "-" for c in table.columns]
+        if with_ratio:
+            first, second = (values.get(c) for c in table.columns)
+            cells.append(f"{first / second:.2f}x" if first and second else "-")
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
 def pytest_terminal_summary(terminalreporter, config):
-    if not TABLES:
+    if not TABLES and not METRICS:
         return
     lines = [f"Machine: {machine_summary()}", ""]
     for table in TABLES.values():
         lines += render(table) + [""]
+    for metric in METRICS.values():
+        lines += render_metrics(metric) + [""]
     terminalreporter.write_sep("=", "hidiff side-by-side ratios")
     for line in lines:
         terminalreporter.write_line(line)

@@ -24,7 +24,8 @@ LAYERS = [
     (512, 512, 8, 1),
 ]
 TABLE = ("layers", "Binary 3x3 convolution vs torch fp32, batch 1, padding 1", "torch fp32")
-TARGET = ("binary (packed input)", 3.0)
+# (column, geometric-mean speed-up over torch fp32, minimum speed-up on every row)
+TARGET = ("binary (packed input)", 8.0, 5.0)
 
 
 def layer_id(layer) -> str:

@@ -1,0 +1,134 @@
+"""The whole refiner: frozen binary BBDM on the packed kernels vs the real BBDM in torch fp32.
+
+Both refiners have the same topology (``BBDM(binary=True)`` and ``BBDM(binary=False)``, width
+C = 128, the paper's default), batch 1, K = 1 class, one image and its segmentor features.
+Rows: one refiner forward, and a full 10-step DDIM refinement (``HiDiff.refine_from_prior``,
+which for the frozen refiner computes the condition cache once and reuses it in every step).
+Columns: the real refiner in torch fp32 (baseline), the binary refiner in its training form
+(eval mode, packed kernels layer by layer) and the frozen binary refiner (``HiDiff.freeze``).
+
+With ``--benchmark-disable`` (the test suite's smoke run) the models are built at a small width
+and resolution, since nothing is measured then.
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from hidiff.diffusion import BernoulliDiffusion
+from hidiff.models import BBDM, HiDiff, UNet
+
+TABLE = ("refiner", "Binary vs real refiner, batch 1, K = 1, 10 DDIM steps", "real refiner torch fp32")
+TARGET = ("frozen binary refiner", 5.0)
+STEPS = 10
+COLUMNS = ("real refiner torch fp32", "binary refiner (training form)", "frozen binary refiner")
+
+
+def _config(request) -> tuple[int, int]:
+    """(width C, resolution): the paper's setting, or a small one for the untimed smoke run."""
+    return (16, 64) if request.config.getoption("benchmark_disable") else (128, 256)
+
+
+def build(width: int, size: int, seed: int = 0):
+    """Real and binary HiDiff models with the same random refiner weights layout, and their inputs."""
+    torch.manual_seed(seed)
+    segmentor = UNet(3, 1, base_channels=width // 4)
+    diffusion = BernoulliDiffusion(num_steps=STEPS)
+    models = {}
+    for binary in (False, True):
+        refiner = BBDM(3, 1, model_channels=width, cond_channels=segmentor.feature_channels, binary=binary)
+        models[binary] = HiDiff(segmentor, refiner, diffusion).eval()
+    image = torch.randn(1, 3, size, size)
+    with torch.inference_mode():
+        prior, features = models[True].prior(image)
+    return models, image, prior, features
+
+
+@pytest.fixture(scope="module")
+def setting(request):
+    width, size = _config(request)
+    models, image, prior, features = build(width, size)
+    with torch.inference_mode():
+        frozen = models[True].freeze(STEPS)
+    return width, size, models, frozen, image, prior, features
+
+
+def _runner(column, models, frozen, image, prior, features, full_chain: bool):
+    model = models[column != COLUMNS[0]]
+    use_frozen = frozen if column == COLUMNS[2] else None
+    if full_chain:
+        return lambda: model.refine_from_prior(image, prior, features, steps=STEPS, seed=0, frozen=use_frozen)
+    t = torch.full((1,), model.diffusion.timesteps(STEPS)[0], dtype=torch.long)
+    y_t = (prior > 0.5).float()
+    if use_frozen is not None:
+        return lambda: use_frozen(image, y_t, prior, t, features)
+    return lambda: model.refiner(image, y_t, prior, t, features)
+
+
+@pytest.mark.benchmark(group="refiner")
+@pytest.mark.parametrize("full_chain", [False, True], ids=["forward", "refinement"])
+@pytest.mark.parametrize("column", COLUMNS)
+def test_refiner(benchmark, record, setting, column, full_chain):
+    width, size, models, frozen, image, prior, features = setting
+    what = f"{STEPS}-step DDIM refinement" if full_chain else "one refiner forward"
+    record(*TABLE, f"{what}, C={width}, {size}x{size}", column, TARGET if full_chain else None)
+    fn = _runner(column, models, frozen, image, prior, features, full_chain)
+    with torch.inference_mode():
+        fn()  # warm-up: first-call allocations and the packed-weight caches
+        benchmark.pedantic(fn, rounds=3, iterations=1)
+
+
+def _peak_rss_mib(variant: str, width: int, size: int) -> float:
+    """Peak resident memory (MiB) of a fresh process that builds the model and runs one refinement.
+
+    A process's high-water mark cannot be reset, so each variant runs in its own process; the
+    frozen variant drops the training-form refiner before refining.
+    """
+    script = f"""
+import resource
+import torch
+from hidiff.diffusion import BernoulliDiffusion
+from hidiff.models import BBDM, HiDiff, UNet
+torch.set_num_threads({torch.get_num_threads()})
+torch.manual_seed(0)
+segmentor = UNet(3, 1, base_channels={width} // 4)
+binary = {variant != COLUMNS[0]!r}
+refiner = BBDM(3, 1, model_channels={width}, cond_channels=segmentor.feature_channels, binary=binary)
+model = HiDiff(segmentor, refiner, BernoulliDiffusion(num_steps={STEPS})).eval()
+image = torch.randn(1, 3, {size}, {size})
+with torch.inference_mode():
+    prior, features = model.prior(image)
+    frozen = model.freeze({STEPS}) if {variant == COLUMNS[2]!r} else None
+    if frozen is not None:
+        del model.refiner
+    model.refine_from_prior(image, prior, features, steps={STEPS}, frozen=frozen)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    return float(result.stdout.split()[-1])
+
+
+def _state_dict_mib(module: torch.nn.Module) -> float:
+    buffer = io.BytesIO()
+    torch.save(module.state_dict(), buffer)
+    return buffer.getbuffer().nbytes / 2**20
+
+
+@pytest.mark.benchmark(group="refiner-memory")
+def test_memory_and_size(benchmark, record_metric, setting):
+    width, size, models, frozen, *_ = setting
+    table = ("memory", f"Memory of a {STEPS}-step refinement and size on disk, C={width}, {size}x{size}", "MiB")
+    peaks = benchmark.pedantic(
+        lambda: {column: _peak_rss_mib(column, width, size) for column in (COLUMNS[0], COLUMNS[2])},
+        rounds=1,
+        iterations=1,
+    )
+    record_metric(*table, "peak resident memory of the process", "real refiner", peaks[COLUMNS[0]])
+    record_metric(*table, "peak resident memory of the process", "frozen binary refiner", peaks[COLUMNS[2]])
+    record_metric(*table, "refiner state_dict (torch.save)", "real refiner", _state_dict_mib(models[False].refiner))
+    record_metric(*table, "refiner state_dict (torch.save)", "frozen binary refiner", _state_dict_mib(frozen))

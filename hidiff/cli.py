@@ -7,6 +7,7 @@ Examples::
     hidiff evaluate --checkpoint runs/kvasir/best.pt --split test --output runs/kvasir/test.json
     hidiff segment polyp.jpg --checkpoint runs/kvasir/best.pt --output-dir masks/
     hidiff demo
+    hidiff flops --markdown table_xi.md --csv table_xi.csv
 """
 
 from __future__ import annotations
@@ -142,6 +143,30 @@ def _command_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_flops(args: argparse.Namespace) -> int:
+    from .profiling import ProfileSettings, run_table_xi
+
+    settings = ProfileSettings(
+        image_size=args.image_size,
+        num_classes=args.num_classes,
+        image_channels=args.image_channels,
+        steps=args.steps,
+        segmentor=args.segmentor,
+        refiner_channels=args.refiner_channels,
+    )
+    report = run_table_xi(
+        settings,
+        args.methods,
+        timed=args.time,
+        threads=args.threads,
+        repeats=args.repeats,
+        markdown=args.markdown,
+        csv_path=args.csv,
+    )
+    print(report, end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hidiff",
@@ -194,6 +219,32 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--alternate-iterations", type=int, default=None)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(handler=_command_demo)
+
+    from .profiling import METHODS, SEGMENTORS
+
+    flops = commands.add_parser(
+        "flops",
+        help="Table XI: FLOPs/BOPs/OPs and storage of MERIT, BerDiff, PD-DDPM, MedSegDiff-V2 and HiDiff",
+        description="Counts each network once (one forward) and reports segmentor + refiner x steps; "
+        "optionally times one inference of each method on this CPU (--time).",
+    )
+    flops.add_argument("--image-size", type=int, default=256, help="input resolution (default: 256)")
+    flops.add_argument("--num-classes", type=int, default=1, help="K, mask channels (default: 1)")
+    flops.add_argument("--image-channels", type=int, default=3, help="image channels (default: 3)")
+    flops.add_argument("--steps", type=int, default=10, help="sampling steps of every diffusion model (default: 10)")
+    flops.add_argument(
+        "--segmentor", choices=SEGMENTORS, default="merit", help="HiDiff's segmentor (PD-DDPM always uses MERIT)"
+    )
+    flops.add_argument("--refiner-channels", type=int, default=128, help="HiDiff refiner width C (default: 128)")
+    flops.add_argument(
+        "--methods", nargs="+", choices=METHODS, default=list(METHODS), help="rows to compute (default: all)"
+    )
+    flops.add_argument("--time", action="store_true", help="also time one inference per method (slow at 256)")
+    flops.add_argument("--threads", type=int, default=2, help="CPU threads (default: 2)")
+    flops.add_argument("--repeats", type=int, default=3, help="timed runs per measurement, median kept (default: 3)")
+    flops.add_argument("--markdown", help="also write the Markdown table to this file")
+    flops.add_argument("--csv", help="also write the table as CSV to this file")
+    flops.set_defaults(handler=_command_flops)
     return parser
 
 

@@ -157,3 +157,20 @@ def test_non_contiguous_packed_operands_and_empty_batch(isa):
     assert torch.equal(out, pm1_conv(x[:, :, :, ::2], weight, 1, 1, 1))
     empty = hk.binary_conv2d(hk.binarize_pack(torch.randn(0, 40, 6, 6)), hk.pack_weight(weight), 40, 1, 1, 1)
     assert empty.shape == (0, 5, 6, 6)
+
+
+def test_large_outputs_reuse_blocks_without_aliasing():
+    """Outputs of 8 MiB and more come from a cache of released blocks: live results never share one."""
+    x = torch.randn(1, 32, 128, 128)
+    w = torch.randn(128, 32, 3, 3)  # 128 x 128 x 128 float32 output: 8 MiB
+    xp, wp = hk.binarize_pack(x), hk.pack_weight(w)
+    first = hk.binary_conv2d(xp, wp, 32, 1, 1, 1)
+    second = hk.binary_conv2d(xp, wp, 32, 1, 1, 1)
+    assert first.data_ptr() != second.data_ptr()
+    expected = first.clone()
+    second.add_(1.0)  # writing one result must not touch the other
+    assert torch.equal(first, expected)
+    del second  # its block goes back to the cache and serves the next output of this size
+    third = hk.binary_conv2d(xp, wp, 32, 1, 1, 1)
+    assert torch.equal(third, expected)
+    assert torch.equal(first, expected)

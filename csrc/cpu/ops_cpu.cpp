@@ -15,6 +15,7 @@
 #include "../core/binary_conv.h"
 #include "../core/bitpack.h"
 #include "../core/time_activation.h"
+#include "output_cache.h"
 
 namespace hidiff {
 namespace {
@@ -155,7 +156,7 @@ at::Tensor binary_conv2d_cpu(const at::Tensor& x_packed, const at::Tensor& w_pac
   const core::ConvShape s = conv_shape(x_packed, w_packed, in_channels, stride, padding, dilation);
   const auto scale_f = prepare_affine(scale, "scale", s.O);
   const auto bias_f = prepare_affine(bias, "bias", s.O);
-  at::Tensor out = at::empty({s.N, s.O, s.out_h(), s.out_w()}, x_packed.options().dtype(at::kFloat));
+  at::Tensor out = OutputCache::instance().empty_float({s.N, s.O, s.out_h(), s.out_w()});
   core::ConvEpilogue epilogue;
   epilogue.scale = scale_f ? scale_f->data_ptr<float>() : nullptr;
   epilogue.bias = bias_f ? bias_f->data_ptr<float>() : nullptr;
@@ -212,7 +213,7 @@ std::tuple<at::Tensor, at::Tensor> binary_conv2d_fused_cpu(
     epilogue.threshold = threshold_f->data_ptr<float>();
     epilogue.threshold_stride = per_sample ? s.O : 0;
   }
-  at::Tensor out = at::empty({s.N, s.O, Ho, Wo}, x_packed.options().dtype(at::kFloat));
+  at::Tensor out = OutputCache::instance().empty_float({s.N, s.O, Ho, Wo});
   at::Tensor packed = pack ? at::empty({s.N, Ho, Wo, packed_words(s.O)}, x_packed.options())
                            : at::empty({0}, x_packed.options());
   if (pack) epilogue.packed = reinterpret_cast<uint32_t*>(packed.data_ptr<int32_t>());
@@ -241,7 +242,8 @@ at::Tensor time_activation_cpu(const at::Tensor& u, const at::Tensor& gamma, con
   const at::Tensor g = gamma.to(compute).contiguous();
   const at::Tensor z = zeta.to(compute).contiguous();
   const at::Tensor b = beta.to(compute).contiguous();
-  at::Tensor out = at::empty_like(uc, at::MemoryFormat::Contiguous);
+  at::Tensor out = compute == at::kFloat ? OutputCache::instance().empty_float(uc.sizes())
+                                         : at::empty_like(uc, at::MemoryFormat::Contiguous);
   const int64_t inner = N * C > 0 ? uc.numel() / (N * C) : 0;
   AT_DISPATCH_FLOATING_TYPES(compute, "time_activation", [&] {
     const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(inner, 1));

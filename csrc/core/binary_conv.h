@@ -55,7 +55,7 @@ struct ConvEpilogue {
 // Output channels of one tile (two packed words, so a tile packs whole words of its output).
 constexpr int64_t kChannelTile = 64;
 // Lanes (output pixels, row pitch Wq) of one tile; a multiple of every micro-kernel's block.
-constexpr int64_t kLaneTile = 256;
+constexpr int64_t kLaneTile = 384;
 
 // Everything about one call that does not depend on the data: plane geometry, the lane shift of
 // every step, which taps each output row/column keeps, and the popcount of each weight tap.

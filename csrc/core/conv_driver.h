@@ -167,6 +167,10 @@ void conv_tiles(const ConvPlan& p, const uint32_t* planes, const uint32_t* w, co
       });
       int64_t o = o_begin;
       for (; o + Q <= o_end; o += Q) run_block<Kernel, Q>(t, x, m, o, runs, nruns);
+      // Leftover channels of the tile: blocks of 4 keep most of the register blocking.
+      if constexpr (Q > 4) {
+        for (; o + 4 <= o_end; o += 4) run_block<Kernel, 4>(t, x, m, o, runs, nruns);
+      }
       for (; o < o_end; ++o) run_block<Kernel, 1>(t, x, m, o, runs, nruns);
     }
     if (ep.packed) pack_outputs(t, o_begin, o_end, m_begin, m_end);

@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "binary_conv.h"
 
@@ -47,42 +48,56 @@ inline int32_t border_count(const ConvPlan& p, int32_t disagree, int64_t o, int6
   return static_cast<int32_t>(taps * s.C - 2 * (disagree - spurious));
 }
 
-// Outputs (n, o, oh, ow) for ow in [ow_begin, ow_end) from their disagreement counts D[ow - ow_begin].
-// The epilogue runs as one simple pass per step over the (L1-resident) run, so that each loop
-// vectorises; the float operations and their order are those of the reference.
+// Which optional epilogue steps a call has, as template flags: the epilogue loop then has no
+// branches and vectorises.
+enum EpilogueStep : int { kScale = 1, kBias = 2, kResidual = 4, kActivation = 8, kAllSteps = 16 };
+
+inline int epilogue_steps(const ConvEpilogue& ep) {
+  return (ep.scale ? kScale : 0) | (ep.bias ? kBias : 0) | (ep.residual ? kResidual : 0) |
+         (ep.gamma ? kActivation : 0);
+}
+
+// Outputs (n, o, oh, ow) for ow in [ow_begin, ow_end) from their disagreement counts D[ow - ow_begin],
+// in one pass: count, * scale, + bias, + residual, TA, in the reference's float32 order.
+template <int kSteps>
 inline void finish_row(const Tile& t, const int32_t* D, int64_t o, int64_t oh, int64_t ow_begin, int64_t ow_end) {
   const ConvPlan& p = *t.plan;
   const ConvEpilogue& ep = *t.ep;
-  const int64_t row = ((t.n * p.s.O + o) * p.Ho + oh) * p.Wo;
-  float* dst = t.out + row;
+  const int64_t len = ow_end - ow_begin;
+  int32_t count[kLaneTile];
   const int32_t full = static_cast<int32_t>(p.s.KH * p.s.KW * p.s.C);
-  for (int64_t ow = ow_begin; ow < ow_end; ++ow) dst[ow] = static_cast<float>(full - 2 * D[ow - ow_begin]);
+  for (int64_t i = 0; i < len; ++i) count[i] = full - 2 * D[i];
   int64_t lo = ow_end, hi = ow_end;  // interior columns [lo, hi) of this run
   if (p.row_full[oh]) {
     lo = std::clamp(p.col_lo, ow_begin, ow_end);
     hi = std::clamp(p.col_hi, lo, ow_end);
   }
-  for (int64_t ow = ow_begin; ow < lo; ++ow) dst[ow] = static_cast<float>(border_count(p, D[ow - ow_begin], o, oh, ow));
-  for (int64_t ow = hi; ow < ow_end; ++ow) dst[ow] = static_cast<float>(border_count(p, D[ow - ow_begin], o, oh, ow));
-  if (ep.scale) {
-    const float scale = ep.scale[o];
-    for (int64_t ow = ow_begin; ow < ow_end; ++ow) dst[ow] = dst[ow] * scale;
+  for (int64_t ow = ow_begin; ow < lo; ++ow) count[ow - ow_begin] = border_count(p, D[ow - ow_begin], o, oh, ow);
+  for (int64_t ow = hi; ow < ow_end; ++ow) count[ow - ow_begin] = border_count(p, D[ow - ow_begin], o, oh, ow);
+
+  const int64_t row = ((t.n * p.s.O + o) * p.Ho + oh) * p.Wo + ow_begin;
+  float* __restrict dst = t.out + row;
+  const float* __restrict res = (kSteps & kResidual) ? ep.residual + row : nullptr;
+  const float scale = (kSteps & kScale) ? ep.scale[o] : 1.f;
+  const float bias = (kSteps & kBias) ? ep.bias[o] : 0.f;
+  float g = 0.f, z = 0.f, b = 0.f;
+  if constexpr ((kSteps & kActivation) != 0) {
+    g = ep.gamma[t.n * p.s.O + o];
+    z = ep.zeta[t.n * p.s.O + o];
+    b = ep.beta[o];
   }
-  if (ep.bias) {
-    const float bias = ep.bias[o];
-    for (int64_t ow = ow_begin; ow < ow_end; ++ow) dst[ow] = dst[ow] + bias;
-  }
-  if (ep.residual) {
-    const float* res = ep.residual + row;
-    for (int64_t ow = ow_begin; ow < ow_end; ++ow) dst[ow] = dst[ow] + res[ow];
-  }
-  if (ep.gamma) {
-    const float g = ep.gamma[t.n * p.s.O + o], z = ep.zeta[t.n * p.s.O + o], b = ep.beta[o];
-    for (int64_t ow = ow_begin; ow < ow_end; ++ow) {
-      const float u = dst[ow];
-      const float shifted = u - g;
-      dst[ow] = u > g ? shifted + z : b * shifted + z;
+  for (int64_t i = 0; i < len; ++i) {
+    float v = static_cast<float>(count[i]);
+    if constexpr ((kSteps & kScale) != 0) v = v * scale;
+    if constexpr ((kSteps & kBias) != 0) v = v + bias;
+    if constexpr ((kSteps & kResidual) != 0) v = v + res[i];
+    if constexpr ((kSteps & kActivation) != 0) {
+      // (v > g ? 1 : b) * shifted + z is TA's two branches bit for bit (x * 1 is exact) and
+      // vectorises as one blend instead of two candidate results.
+      const float shifted = v - g;
+      v = (v > g ? 1.f : b) * shifted + z;
     }
+    dst[i] = v;
   }
 }
 
@@ -131,7 +146,7 @@ inline void pack_outputs(const Tile& t, int64_t o_begin, int64_t o_end, int64_t 
   });
 }
 
-template <class Kernel, int Q>
+template <class Kernel, int kSteps, int Q>
 inline void run_block(const Tile& t, const uint32_t* x, int64_t m, int64_t o, const Run* runs, int nruns) {
   constexpr int64_t L = Kernel::kLanes;
   const ConvPlan& p = *t.plan;
@@ -139,14 +154,14 @@ inline void run_block(const Tile& t, const uint32_t* x, int64_t m, int64_t o, co
   Kernel::template run<Q>(x + m, p.step_offset.data(), t.w + o * p.steps, p.steps, D);
   for (int q = 0; q < Q; ++q) {
     for (int r = 0; r < nruns; ++r) {
-      finish_row(t, D + q * L + (runs[r].first - m), o + q, runs[r].oh, runs[r].ow_begin, runs[r].ow_end);
+      finish_row<kSteps>(t, D + q * L + (runs[r].first - m), o + q, runs[r].oh, runs[r].ow_begin, runs[r].ow_end);
     }
   }
 }
 
-template <class Kernel>
-void conv_tiles(const ConvPlan& p, const uint32_t* planes, const uint32_t* w, const ConvEpilogue& ep, float* out,
-                int64_t tile_begin, int64_t tile_end) {
+template <class Kernel, int kSteps>
+void conv_tiles_with(const ConvPlan& p, const uint32_t* planes, const uint32_t* w, const ConvEpilogue& ep,
+                     float* out, int64_t tile_begin, int64_t tile_end) {
   constexpr int Q = Kernel::kChannels;
   const int64_t channel_tiles = (p.s.O + kChannelTile - 1) / kChannelTile;
   const int64_t lane_tiles = p.lanes / kLaneTile;
@@ -158,22 +173,44 @@ void conv_tiles(const ConvPlan& p, const uint32_t* planes, const uint32_t* w, co
     const int64_t m_begin = lt * kLaneTile, m_end = m_begin + kLaneTile;
     const Tile t{&p, &ep, w, out, n};
     const uint32_t* x = planes + n * p.planes_per_sample() * p.plane;
-    for (int64_t m = m_begin; m < m_end && m < p.Ho * p.Wq; m += Kernel::kLanes) {
-      // Each lane of the block starts at most one run.
-      Run runs[Kernel::kLanes];
-      int nruns = 0;
+    // The runs of every lane block of the tile (each lane starts at most one run).
+    constexpr int64_t kBlocks = kLaneTile / Kernel::kLanes;
+    Run runs[kBlocks][Kernel::kLanes];
+    int nruns[kBlocks];
+    int64_t blocks = 0;
+    for (int64_t m = m_begin; m < m_end && m < p.Ho * p.Wq; m += Kernel::kLanes, ++blocks) {
+      nruns[blocks] = 0;
       for_each_run(p, m, m + Kernel::kLanes, [&](int64_t oh, int64_t ow_begin, int64_t ow_end, int64_t first) {
-        runs[nruns++] = Run{oh, ow_begin, ow_end, first};
+        runs[blocks][nruns[blocks]++] = Run{oh, ow_begin, ow_end, first};
       });
-      int64_t o = o_begin;
-      for (; o + Q <= o_end; o += Q) run_block<Kernel, Q>(t, x, m, o, runs, nruns);
-      // Leftover channels of the tile: blocks of 4 keep most of the register blocking.
-      if constexpr (Q > 4) {
-        for (; o + 4 <= o_end; o += 4) run_block<Kernel, 4>(t, x, m, o, runs, nruns);
-      }
-      for (; o < o_end; ++o) run_block<Kernel, 1>(t, x, m, o, runs, nruns);
     }
+    // Channel groups outside, lane blocks inside: the outputs (and residuals) of a group are then
+    // written (read) as a few sequential streams that the hardware prefetches, while the tile's
+    // input planes stay in L1 across the groups.
+    const auto sweep = [&](auto channels, int64_t o) {
+      constexpr int kGroup = decltype(channels)::value;
+      for (int64_t b = 0; b < blocks; ++b) {
+        run_block<Kernel, kSteps, kGroup>(t, x, m_begin + b * Kernel::kLanes, o, runs[b], nruns[b]);
+      }
+    };
+    int64_t o = o_begin;
+    for (; o + Q <= o_end; o += Q) sweep(std::integral_constant<int, Q>{}, o);
+    // Leftover channels of the tile: blocks of 4 keep most of the register blocking.
+    if constexpr (Q > 4) {
+      for (; o + 4 <= o_end; o += 4) sweep(std::integral_constant<int, 4>{}, o);
+    }
+    for (; o < o_end; ++o) sweep(std::integral_constant<int, 1>{}, o);
     if (ep.packed) pack_outputs(t, o_begin, o_end, m_begin, m_end);
+  }
+}
+
+// Runs conv_tiles_with for the epilogue steps of ep (one instantiation per combination).
+template <class Kernel, int kSteps = 0>
+void conv_tiles(const ConvPlan& p, const uint32_t* planes, const uint32_t* w, const ConvEpilogue& ep, float* out,
+                int64_t tile_begin, int64_t tile_end) {
+  if constexpr (kSteps < kAllSteps) {
+    if (epilogue_steps(ep) == kSteps) return conv_tiles_with<Kernel, kSteps>(p, planes, w, ep, out, tile_begin, tile_end);
+    conv_tiles<Kernel, kSteps + 1>(p, planes, w, ep, out, tile_begin, tile_end);
   }
 }
 

@@ -5,14 +5,14 @@ Tolerances (measured on this project's CPU kernels, float32):
 * Frozen vs ``refiner.eval()``: folding BatchNorm into the popcount's affine, the per-step tables
   (the time MLP's GEMM rounds differently for a batch of S timesteps than for a batch of B samples,
   ~1e-7; the training-form model itself differs by as much between batch sizes) and splitting the
-  input conv into its cached image share and its per-step share change float results by ~1 ulp.
-  A binarised activation lying within ~1e-7 of its TB threshold can then flip, and the flip
-  cascades through the chaotic random binary network: that sample's eps_hat diverges. Measured at
-  64x64: with this file's randomisation, no flip in 172 samples (160 at C = 32 plus the 12 of the
-  cases below, ~1M binarised activations each); with BatchNorm affines left at 1/0, 2 of 100 samples diverged (C = 32 and 24),
-  a first-order rate of ~2e-8 per binarised activation. Samples without a flip agree to < 5e-7
-  (asserted: 1e-5). The test checks, per sample, that the binarised inputs of every binary layer
-  agree, or that the earliest disagreement is a near-tie (|x - threshold| < 1e-5) in the
+  input conv into its cached image share and its per-step share change float results by ~1 ulp. A
+  binarised activation lying within ~1e-7 of its TB threshold can then flip, and the flip cascades
+  through the chaotic random binary network: that sample's eps_hat diverges. Measured at 64x64: with
+  this file's randomisation, no flip in 172 samples (160 at C = 32 plus the 12 of the cases below,
+  ~1M binarised activations each); with BatchNorm affines left at 1/0, 2 of 100 samples diverged (C
+  = 32 and 24), a first-order rate of ~2e-8 per binarised activation. Samples without a flip agree
+  to < 5e-7 (asserted: 1e-5). The test checks, per sample, that the binarised inputs of every binary
+  layer agree, or that the earliest disagreement is a near-tie (|x - threshold| < 1e-5) in the
   training-form model, and that at most one of 4 samples diverges.
 * Real refiner (binary=False): no binarisation, so no cascade: max |diff| ~1e-6 (asserted: 1e-4).
 """
@@ -388,3 +388,10 @@ def test_hidiff_refinement_with_the_frozen_refiner():
         assert torch.equal(y0_frozen, direct)
         with pytest.raises(ValueError, match=r"no tables for the timesteps \[2, 7\]"):
             model.refine(x, steps=5, frozen=frozen)
+
+
+def test_avg_pool2x2_is_bit_identical_to_avg_pool2d():
+    from hidiff.models.frozen import _avg_pool2x2
+
+    x = torch.randn(2, 5, 12, 10)
+    assert torch.equal(_avg_pool2x2(x), torch.nn.functional.avg_pool2d(x, 2))

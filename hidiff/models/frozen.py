@@ -51,7 +51,7 @@ from hidiff_kernels.ops import time_activation
 from hidiff_kernels.reference import sign_pm1
 
 from .bbdm import BBDM, SIZE_DIVISOR
-from .layers import BinaryBlock, ConcatLayer, DownBlock, ResBlock
+from .layers import BinaryBlock, ConcatLayer, DownBlock, Head, ResBlock
 from .xformer import (
     ATTENTION_THRESHOLD,
     CenteredBinaryLinear,
@@ -212,6 +212,16 @@ def _pair_mean(x: Tensor, out: Tensor | None = None) -> Tensor:
     larger tensor, so a concatenation of pair means is written in place.
     """
     return torch.add(x[:, 0::2], x[:, 1::2], out=out).mul_(0.5)
+
+
+def _avg_pool2x2(x: Tensor) -> Tensor:
+    """``F.avg_pool2d(x, 2)`` as three strided adds: ``(B, C, H, W) -> (B, C, H/2, W/2)``, H and W even.
+
+    Bit-identical (the window is summed in the same row-major order, and the division by 4 is
+    exact) and faster than the pooling kernel on NCHW maps.
+    """
+    top, bottom = x[:, :, 0::2], x[:, :, 1::2]
+    return (((top[..., 0::2] + top[..., 1::2]) + bottom[..., 0::2]) + bottom[..., 1::2]).mul_(0.25)
 
 
 def _pair_mean_of_concat(a: Tensor, b: Tensor) -> Tensor:
@@ -457,6 +467,42 @@ def _check_timesteps(timesteps: Sequence[int]) -> tuple[int, ...]:
     return values
 
 
+class FrozenHead(nn.Module):
+    """:class:`~hidiff.models.layers.Head` (GroupNorm -> SiLU -> conv3x3 ``C -> K`` -> sigmoid) for few outputs.
+
+    A 3x3 convolution to K = 1 or a few channels is a poor fit for GEMM-based convolution kernels
+    (oneDNN ran 128 -> 1 at 256x256 at a few GMAC/s, the cost of a whole binary block). Here one
+    GEMM ``(9K, C) x (C, H*W)`` computes every tap's per-pixel products, reading the activation
+    once, and the nine shifted tap maps are summed with zero padding: the same convolution, summed
+    in another order (float rounding differs in the last bits). Same submodules and ``state_dict``
+    keys as the Head it copies. Shapes: ``(B, C, H, W) -> (B, K, H, W)`` in (0, 1).
+    """
+
+    def __init__(self, head: Head) -> None:
+        super().__init__()
+        conv = head.conv
+        if conv.kernel_size != (3, 3) or conv.stride != (1, 1) or conv.padding != (1, 1) or conv.dilation != (1, 1):
+            raise ValueError(f"the head must be a 3x3 convolution with stride 1 and padding 1, got {conv}")
+        self.norm = copy.deepcopy(head.norm)
+        self.conv = copy.deepcopy(conv)
+
+    def forward(self, h: Tensor) -> Tensor:
+        x = F.silu(self.norm(h))
+        batch, channels, height, width = x.shape
+        k = self.conv.out_channels
+        taps = self.conv.weight.permute(2, 3, 0, 1).reshape(9 * k, channels)  # rows (kh, kw, o)
+        products = torch.matmul(taps, x.reshape(batch, channels, height * width))
+        # Zero padding of the tap maps = the conv's zero padding of x (padded pixels contribute 0).
+        padded = F.pad(products.view(batch, 9 * k, height, width), (1, 1, 1, 1)).view(
+            batch, 3, 3, k, height + 2, width + 2
+        )
+        out = self.conv.bias.view(1, k, 1, 1).expand(batch, k, height, width)
+        for kh in range(3):
+            for kw in range(3):
+                out = out + padded[:, kh, kw, :, kh : kh + height, kw : kw + width]
+        return torch.sigmoid(out)
+
+
 class FrozenBBDM(nn.Module):
     """Inference form of a :class:`~hidiff.models.BBDM` for a fixed set of timesteps.
 
@@ -511,7 +557,7 @@ class FrozenBBDM(nn.Module):
             for level in range(1, 6):
                 setattr(self, f"up{level}", FrozenBlock.from_block(getattr(refiner, f"up{level}"), emb))
                 setattr(self, f"merge{level}", FrozenBlock.from_block(getattr(refiner, f"merge{level}"), emb))
-            self.head = copy.deepcopy(refiner.head)
+            self.head = FrozenHead(refiner.head)
         self.requires_grad_(False)
         self.eval()
 
@@ -635,7 +681,7 @@ class FrozenBBDM(nn.Module):
         block: FrozenBlock, h: Tensor, h_in: Tensor, idx: Tensor, next_threshold: Tensor | None
     ) -> tuple[Tensor, Tensor | None]:
         """A DownBlock: every branch adds AvgPool2d(2)(x); the branches are one conv with concatenated outputs."""
-        pooled = F.avg_pool2d(h, 2)
+        pooled = _avg_pool2x2(h)
         branches = block.out_channels // block.in_channels
         residual = pooled if branches == 1 else torch.cat([pooled] * branches, dim=1)
         return block(h_in, residual, idx, next_threshold)
@@ -664,7 +710,8 @@ class FrozenBBDM(nn.Module):
                 raise ValueError(f"{name} must have shape {expected} (B, K, H, W) of the cached image, got {shape}")
         idx = self.step_index(t, batch)
         state = torch.cat([y_t, prior], dim=1).float()
-        h = cache.image_term + F.conv2d(state, self.input_state_weight, None, padding=1)
+        # In place into the conv's output: one full-resolution allocation less (a + b == b + a).
+        h = F.conv2d(state, self.input_state_weight, None, padding=1).add_(cache.image_term)
 
         # Encoder: each block packs its output for the next binary layer.
         h, h_in = self.block1(self.block1.prepare(h, idx), h, idx, self.down1.thresholds(idx))

@@ -51,8 +51,20 @@ def unfused(a, channels):
 
 def fused(a, channels):
     return hk.binary_conv2d_fused(
-        a["x_packed"], a["w_packed"], channels, 1, 1, 1, a["scale"], a["bias"], a["residual"], a["gamma"],
-        a["zeta"], a["beta"], a["threshold"], True,
+        a["x_packed"],
+        a["w_packed"],
+        channels,
+        1,
+        1,
+        1,
+        a["scale"],
+        a["bias"],
+        a["residual"],
+        a["gamma"],
+        a["zeta"],
+        a["beta"],
+        a["threshold"],
+        True,
     )
 
 

@@ -269,11 +269,36 @@ def _binary_conv2d_fake(
 
 @torch.library.register_fake(f"{NAMESPACE}::binary_conv2d_fused")
 def _binary_conv2d_fused_fake(
-    x_packed, w_packed, in_channels, stride, padding, dilation, scale, bias, residual, gamma, zeta, beta, threshold, pack
+    x_packed,
+    w_packed,
+    in_channels,
+    stride,
+    padding,
+    dilation,
+    scale,
+    bias,
+    residual,
+    gamma,
+    zeta,
+    beta,
+    threshold,
+    pack,
 ):
     n, o, ho, wo = check_binary_conv2d_fused_args(
-        x_packed, w_packed, in_channels, stride, padding, dilation, scale, bias, residual, gamma, zeta, beta,
-        threshold, pack,
+        x_packed,
+        w_packed,
+        in_channels,
+        stride,
+        padding,
+        dilation,
+        scale,
+        bias,
+        residual,
+        gamma,
+        zeta,
+        beta,
+        threshold,
+        pack,
     )
     out = x_packed.new_empty((n, o, ho, wo), dtype=torch.float32)
     packed_shape = (n, ho, wo, reference.packed_words(o)) if pack else (0,)

@@ -15,6 +15,7 @@
 #include "../core/binary_conv.h"
 #include "../core/bitpack.h"
 #include "../core/time_activation.h"
+#include "../glue/conv_args.h"
 #include "output_cache.h"
 
 namespace hidiff {
@@ -26,12 +27,6 @@ const uint32_t* words_of(const at::Tensor& t) { return reinterpret_cast<const ui
 
 void check_cpu(const at::Tensor& t, const char* name) {
   TORCH_CHECK_VALUE(t.device().is_cpu(), name, " must be a CPU tensor for this kernel, got device ", t.device());
-}
-
-void check_packed(const at::Tensor& t, const char* name, const char* layout) {
-  check_cpu(t, name);
-  TORCH_CHECK_TYPE(t.scalar_type() == at::kInt, name, " must be int32 packed bits, got ", t.scalar_type());
-  TORCH_CHECK_VALUE(t.dim() == 4, name, " must be 4-D ", layout, ", got shape ", t.sizes());
 }
 
 // Returns the threshold as contiguous float32 and the stride between samples (0 if shared).
@@ -86,42 +81,25 @@ at::Tensor pack_weight_cpu(const at::Tensor& w) {
   return binarize_pack_cpu(w.contiguous(), std::nullopt);
 }
 
-std::optional<at::Tensor> prepare_affine(const std::optional<at::Tensor>& t, const char* name, int64_t O) {
-  if (!t.has_value()) return std::nullopt;
-  check_cpu(*t, name);
-  TORCH_CHECK_TYPE(at::isFloatingType(t->scalar_type()), name, " must be a floating tensor, got ", t->scalar_type());
-  TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == O, name, " must have shape (O,) = (", O, ",), got ", t->sizes());
-  return t->to(at::kFloat).contiguous();
-}
-
-// Checks the convolution arguments and returns the shape of the call.
+// Checks the convolution arguments (x_packed on the CPU, the rest shared with the CUDA glue).
 core::ConvShape conv_shape(const at::Tensor& x_packed, const at::Tensor& w_packed, int64_t in_channels,
                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
-  check_packed(x_packed, "x_packed", "(N, H, W, words)");
-  check_packed(w_packed, "w_packed", "(O, KH, KW, words)");
-  TORCH_CHECK_VALUE(in_channels > 0, "in_channels must be positive, got ", in_channels);
-  const int64_t words = packed_words(in_channels);
-  TORCH_CHECK_VALUE(x_packed.size(3) == words, "x_packed has ", x_packed.size(3), " words per pixel but in_channels=",
-                    in_channels, " needs ", words);
-  TORCH_CHECK_VALUE(w_packed.size(3) == words, "w_packed has ", w_packed.size(3), " words per tap but in_channels=",
-                    in_channels, " needs ", words);
-  TORCH_CHECK_VALUE(stride.size() == 2 && stride[0] > 0 && stride[1] > 0, "stride must be two positive ints, got ",
-                    stride);
-  TORCH_CHECK_VALUE(padding.size() == 2 && padding[0] >= 0 && padding[1] >= 0,
-                    "padding must be two non-negative ints, got ", padding);
-  TORCH_CHECK_VALUE(dilation.size() == 2 && dilation[0] > 0 && dilation[1] > 0,
-                    "dilation must be two positive ints, got ", dilation);
-  TORCH_CHECK_VALUE(w_packed.size(1) > 0 && w_packed.size(2) > 0, "w_packed must have a non-empty kernel, got shape ",
-                    w_packed.sizes());
+  check_cpu(x_packed, "x_packed");
+  return glue::check_conv_args(x_packed, w_packed, in_channels, stride, padding, dilation);
+}
 
-  core::ConvShape s{x_packed.size(0), x_packed.size(1), x_packed.size(2), in_channels, w_packed.size(0),
-                    w_packed.size(1), w_packed.size(2), stride[0], stride[1], padding[0], padding[1],
-                    dilation[0], dilation[1]};
-  TORCH_CHECK_VALUE(s.out_h() > 0 && s.out_w() > 0, "binary_conv2d output would be empty: input ", s.H, "x", s.W,
-                    ", kernel ", s.KH, "x", s.KW, ", padding ", padding, ", dilation ", dilation);
-  TORCH_CHECK_VALUE(in_channels * s.KH * s.KW < (int64_t{1} << 31), "in_channels * KH * KW must be below 2^31, got ",
-                    in_channels, " * ", s.KH, " * ", s.KW);
-  return s;
+// The epilogue pointers of the checked tensors (which must stay alive during the call).
+core::ConvEpilogue epilogue_of(const glue::EpilogueTensors& e) {
+  core::ConvEpilogue epilogue;
+  epilogue.scale = glue::data_or_null(e.scale);
+  epilogue.bias = glue::data_or_null(e.bias);
+  epilogue.residual = glue::data_or_null(e.residual);
+  epilogue.gamma = glue::data_or_null(e.gamma);
+  epilogue.zeta = glue::data_or_null(e.zeta);
+  epilogue.beta = glue::data_or_null(e.beta);
+  epilogue.threshold = glue::data_or_null(e.threshold);
+  epilogue.threshold_stride = e.threshold_stride;
+  return epilogue;
 }
 
 // Runs the convolution into out (N, O, Ho, Wo) float32: plan, input planes, then the tiles.
@@ -154,22 +132,11 @@ at::Tensor binary_conv2d_cpu(const at::Tensor& x_packed, const at::Tensor& w_pac
                              at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                              const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& bias) {
   const core::ConvShape s = conv_shape(x_packed, w_packed, in_channels, stride, padding, dilation);
-  const auto scale_f = prepare_affine(scale, "scale", s.O);
-  const auto bias_f = prepare_affine(bias, "bias", s.O);
+  const glue::EpilogueTensors e = glue::check_epilogue_args(s, x_packed, scale, bias, std::nullopt, std::nullopt,
+                                                            std::nullopt, std::nullopt, std::nullopt, false);
   at::Tensor out = OutputCache::instance().empty_float({s.N, s.O, s.out_h(), s.out_w()});
-  core::ConvEpilogue epilogue;
-  epilogue.scale = scale_f ? scale_f->data_ptr<float>() : nullptr;
-  epilogue.bias = bias_f ? bias_f->data_ptr<float>() : nullptr;
-  run_conv(s, x_packed, w_packed, epilogue, out);
+  run_conv(s, x_packed, w_packed, epilogue_of(e), out);
   return out;
-}
-
-// A float32 CPU tensor of the given shape, contiguous (the fused epilogue reads raw rows).
-at::Tensor prepare_float32(const at::Tensor& t, const char* name, at::IntArrayRef shape, const char* layout) {
-  check_cpu(t, name);
-  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat, name, " must be float32, got ", t.scalar_type());
-  TORCH_CHECK_VALUE(t.sizes() == shape, name, " must have shape ", layout, " = ", shape, ", got ", t.sizes());
-  return t.contiguous();
 }
 
 std::tuple<at::Tensor, at::Tensor> binary_conv2d_fused_cpu(
@@ -179,43 +146,13 @@ std::tuple<at::Tensor, at::Tensor> binary_conv2d_fused_cpu(
     const std::optional<at::Tensor>& gamma, const std::optional<at::Tensor>& zeta,
     const std::optional<at::Tensor>& beta, const std::optional<at::Tensor>& threshold, bool pack) {
   const core::ConvShape s = conv_shape(x_packed, w_packed, in_channels, stride, padding, dilation);
+  const glue::EpilogueTensors e =
+      glue::check_epilogue_args(s, x_packed, scale, bias, residual, gamma, zeta, beta, threshold, pack);
   const int64_t Ho = s.out_h(), Wo = s.out_w();
-  const auto scale_f = prepare_affine(scale, "scale", s.O);
-  const auto bias_f = prepare_affine(bias, "bias", s.O);
-  core::ConvEpilogue epilogue;
-  epilogue.scale = scale_f ? scale_f->data_ptr<float>() : nullptr;
-  epilogue.bias = bias_f ? bias_f->data_ptr<float>() : nullptr;
-  std::optional<at::Tensor> residual_f, gamma_f, zeta_f, beta_f, threshold_f;
-  if (residual) {
-    residual_f = prepare_float32(*residual, "residual", {s.N, s.O, Ho, Wo}, "(N, O, Ho, Wo)");
-    epilogue.residual = residual_f->data_ptr<float>();
-  }
-  const int given = int(gamma.has_value()) + int(zeta.has_value()) + int(beta.has_value());
-  TORCH_CHECK_VALUE(given == 0 || given == 3, "gamma, zeta and beta (the TA epilogue) must be given together");
-  if (given == 3) {
-    gamma_f = prepare_float32(*gamma, "gamma", {s.N, s.O}, "(N, O)");
-    zeta_f = prepare_float32(*zeta, "zeta", {s.N, s.O}, "(N, O)");
-    beta_f = prepare_float32(*beta, "beta", {s.O}, "(O,)");
-    epilogue.gamma = gamma_f->data_ptr<float>();
-    epilogue.zeta = zeta_f->data_ptr<float>();
-    epilogue.beta = beta_f->data_ptr<float>();
-  }
-  if (threshold) {
-    TORCH_CHECK_VALUE(pack, "threshold is only used with pack=True (it binarises the output for the next layer)");
-    check_cpu(*threshold, "threshold");
-    TORCH_CHECK_TYPE(threshold->scalar_type() == at::kFloat, "threshold must be float32, got ",
-                     threshold->scalar_type());
-    const bool per_channel = threshold->dim() == 1 && threshold->size(0) == s.O;
-    const bool per_sample = threshold->dim() == 2 && threshold->size(0) == s.N && threshold->size(1) == s.O;
-    TORCH_CHECK_VALUE(per_channel || per_sample, "threshold must have shape (O,) = (", s.O, ",) or (N, O) = (", s.N,
-                      ", ", s.O, "), got ", threshold->sizes());
-    threshold_f = threshold->contiguous();
-    epilogue.threshold = threshold_f->data_ptr<float>();
-    epilogue.threshold_stride = per_sample ? s.O : 0;
-  }
   at::Tensor out = OutputCache::instance().empty_float({s.N, s.O, Ho, Wo});
   at::Tensor packed = pack ? at::empty({s.N, Ho, Wo, packed_words(s.O)}, x_packed.options())
                            : at::empty({0}, x_packed.options());
+  core::ConvEpilogue epilogue = epilogue_of(e);
   if (pack) epilogue.packed = reinterpret_cast<uint32_t*>(packed.data_ptr<int32_t>());
   run_conv(s, x_packed, w_packed, epilogue, out);
   return {out, packed};

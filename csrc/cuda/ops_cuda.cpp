@@ -16,6 +16,7 @@
 #include <string>
 #include <tuple>
 
+#include "../glue/conv_args.h"
 #include "kernels.h"
 
 namespace hidiff {
@@ -114,58 +115,14 @@ at::Tensor pack_weight_cuda(const at::Tensor& w) {
   return binarize_pack_cuda(w.contiguous(), std::nullopt);
 }
 
-void check_packed(const at::Tensor& t, const char* name, const char* layout) {
-  check_cuda(t, name);
-  TORCH_CHECK_TYPE(t.scalar_type() == at::kInt, name, " must be int32 packed bits, got ", t.scalar_type());
-  TORCH_CHECK_VALUE(t.dim() == 4, name, " must be 4-D ", layout, ", got shape ", t.sizes());
-}
-
-std::optional<at::Tensor> prepare_affine(const std::optional<at::Tensor>& t, const char* name, int64_t O,
-                                         const at::Tensor& like) {
-  if (!t.has_value()) return std::nullopt;
-  check_same_device(*t, name, like, "x_packed");
-  TORCH_CHECK_TYPE(at::isFloatingType(t->scalar_type()), name, " must be a floating tensor, got ", t->scalar_type());
-  TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == O, name, " must have shape (O,) = (", O, ",), got ", t->sizes());
-  return t->to(at::kFloat).contiguous();
-}
-
-// A float32 operand of the fused epilogue with an exact expected shape.
-at::Tensor prepare_float32(const at::Tensor& t, const char* name, at::IntArrayRef shape, const char* layout,
-                           const at::Tensor& like) {
-  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat, name, " must be float32, got ", t.scalar_type());
-  check_same_device(t, name, like, "x_packed");
-  TORCH_CHECK_VALUE(t.sizes() == shape, name, " must have shape ", layout, " = ", shape, ", got ", t.sizes());
-  return t.contiguous();
-}
-
-const float* data_or_null(const std::optional<at::Tensor>& t) { return t ? t->data_ptr<float>() : nullptr; }
-
 std::tuple<at::Tensor, at::Tensor> binary_conv2d_fused_cuda(
     const at::Tensor& x_packed, const at::Tensor& w_packed, int64_t in_channels, at::IntArrayRef stride,
     at::IntArrayRef padding, at::IntArrayRef dilation, const std::optional<at::Tensor>& scale,
     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
     const std::optional<at::Tensor>& gamma, const std::optional<at::Tensor>& zeta,
     const std::optional<at::Tensor>& beta, const std::optional<at::Tensor>& threshold, bool pack) {
-  check_packed(x_packed, "x_packed", "(N, H, W, words)");
-  check_packed(w_packed, "w_packed", "(O, KH, KW, words)");
-  check_same_device(w_packed, "w_packed", x_packed, "x_packed");
-  TORCH_CHECK_VALUE(in_channels > 0, "in_channels must be positive, got ", in_channels);
-  const int64_t words = packed_words(in_channels);
-  TORCH_CHECK_VALUE(x_packed.size(3) == words, "x_packed has ", x_packed.size(3), " words per pixel but in_channels=",
-                    in_channels, " needs ", words);
-  TORCH_CHECK_VALUE(w_packed.size(3) == words, "w_packed has ", w_packed.size(3), " words per tap but in_channels=",
-                    in_channels, " needs ", words);
-  TORCH_CHECK_VALUE(stride.size() == 2 && stride[0] > 0 && stride[1] > 0, "stride must be two positive ints, got ",
-                    stride);
-  TORCH_CHECK_VALUE(padding.size() == 2 && padding[0] >= 0 && padding[1] >= 0,
-                    "padding must be two non-negative ints, got ", padding);
-  TORCH_CHECK_VALUE(dilation.size() == 2 && dilation[0] > 0 && dilation[1] > 0,
-                    "dilation must be two positive ints, got ", dilation);
-  TORCH_CHECK_VALUE(w_packed.size(1) > 0 && w_packed.size(2) > 0, "w_packed must have a non-empty kernel, got shape ",
-                    w_packed.sizes());
-  TORCH_CHECK_VALUE(in_channels * w_packed.size(1) * w_packed.size(2) < (int64_t{1} << 31),
-                    "in_channels * KH * KW must be below 2^31, got ", in_channels, " * ", w_packed.size(1), " * ",
-                    w_packed.size(2));
+  check_cuda(x_packed, "x_packed");
+  const core::ConvShape s = glue::check_conv_args(x_packed, w_packed, in_channels, stride, padding, dilation);
   for (int64_t size : {x_packed.size(1), x_packed.size(2), w_packed.size(0), stride[0], stride[1], padding[0],
                        padding[1], dilation[0], dilation[1]}) {
     check_fits_int(size, "every size, stride, padding and dilation");
@@ -187,37 +144,13 @@ std::tuple<at::Tensor, at::Tensor> binary_conv2d_fused_cuda(
   g.pad_w = static_cast<int>(padding[1]);
   g.dil_h = static_cast<int>(dilation[0]);
   g.dil_w = static_cast<int>(dilation[1]);
-  const int64_t N = g.N, O = g.O;
-  // Kernel extents checked in int64 before the int geometry computes them.
-  const int64_t Ho = (g.H + 2 * padding[0] - dilation[0] * (g.KH - 1) - 1) / stride[0] + 1;
-  const int64_t Wo = (g.W + 2 * padding[1] - dilation[1] * (g.KW - 1) - 1) / stride[1] + 1;
-  TORCH_CHECK_VALUE(g.H + 2 * padding[0] - dilation[0] * (g.KH - 1) - 1 >= 0 &&
-                        g.W + 2 * padding[1] - dilation[1] * (g.KW - 1) - 1 >= 0 && Ho > 0 && Wo > 0,
-                    "binary_conv2d output would be empty: input ", g.H, "x", g.W, ", kernel ", g.KH, "x", g.KW,
-                    ", padding ", padding, ", dilation ", dilation);
+  const int64_t N = s.N, O = s.O, Ho = s.out_h(), Wo = s.out_w();
   check_fits_int(Ho * Wo, "Ho * Wo");
   TORCH_CHECK_VALUE(packed_words(O) <= kMaxGridY * 2, "w_packed has ", O, " output channels, more than the CUDA "
                     "kernel's ", kMaxGridY * 64);
 
-  const auto scale_f = prepare_affine(scale, "scale", O, x_packed);
-  const auto bias_f = prepare_affine(bias, "bias", O, x_packed);
-  std::optional<at::Tensor> residual_f, gamma_f, zeta_f, beta_f;
-  if (residual) residual_f = prepare_float32(*residual, "residual", {N, O, Ho, Wo}, "(N, O, Ho, Wo)", x_packed);
-  const int given = int(gamma.has_value()) + int(zeta.has_value()) + int(beta.has_value());
-  TORCH_CHECK_VALUE(given == 0 || given == 3, "gamma, zeta and beta (the TA epilogue) must be given together");
-  if (given == 3) {
-    gamma_f = prepare_float32(*gamma, "gamma", {N, O}, "(N, O)", x_packed);
-    zeta_f = prepare_float32(*zeta, "zeta", {N, O}, "(N, O)", x_packed);
-    beta_f = prepare_float32(*beta, "beta", {O}, "(O,)", x_packed);
-  }
-  std::optional<at::Tensor> thr;
-  int64_t thr_stride = 0;
-  if (threshold) {
-    TORCH_CHECK_VALUE(pack, "threshold is only used with pack=True (it binarises the output for the next layer)");
-    TORCH_CHECK_TYPE(threshold->scalar_type() == at::kFloat, "threshold must be float32, got ",
-                     threshold->scalar_type());
-    std::tie(thr, thr_stride) = prepare_threshold(threshold, x_packed, "x_packed", N, O, "O");
-  }
+  const glue::EpilogueTensors epilogue =
+      glue::check_epilogue_args(s, x_packed, scale, bias, residual, gamma, zeta, beta, threshold, pack);
 
   const c10::cuda::CUDAGuard guard(x_packed.device());
   const at::Tensor x = x_packed.contiguous();
@@ -229,14 +162,14 @@ std::tuple<at::Tensor, at::Tensor> binary_conv2d_fused_cuda(
   at::Tensor workspace = at::empty({g.sat_elements()}, x.options().dtype(at::kInt));
 
   cuda::EpilogueParams e{};
-  e.scale = data_or_null(scale_f);
-  e.bias = data_or_null(bias_f);
-  e.residual = data_or_null(residual_f);
-  e.gamma = data_or_null(gamma_f);
-  e.zeta = data_or_null(zeta_f);
-  e.beta = data_or_null(beta_f);
-  e.threshold = data_or_null(thr);
-  e.threshold_stride_n = thr_stride;
+  e.scale = glue::data_or_null(epilogue.scale);
+  e.bias = glue::data_or_null(epilogue.bias);
+  e.residual = glue::data_or_null(epilogue.residual);
+  e.gamma = glue::data_or_null(epilogue.gamma);
+  e.zeta = glue::data_or_null(epilogue.zeta);
+  e.beta = glue::data_or_null(epilogue.beta);
+  e.threshold = glue::data_or_null(epilogue.threshold);
+  e.threshold_stride_n = epilogue.threshold_stride;
   e.out = out.data_ptr<float>();
   e.packed = pack ? words_of(packed) : nullptr;
   cuda::launch_binary_conv2d(g, words_of(x), words_of(w), workspace.data_ptr<int32_t>(), e, current_stream());

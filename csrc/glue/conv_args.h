@@ -1,0 +1,119 @@
+// Argument checks of the binary convolution ops, shared by the CPU and the CUDA glue (ATen only).
+//
+// The caller checks that x_packed is on its backend's device; every other tensor must be on the
+// device of x_packed. Messages name the argument and what was expected, the same on every backend.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <optional>
+
+#include "../core/binary_conv.h"
+
+namespace hidiff::glue {
+
+inline void check_same_device(const at::Tensor& t, const char* name, const at::Tensor& like) {
+  TORCH_CHECK_VALUE(t.device() == like.device(), name, " must be on the device of x_packed (", like.device(),
+                    "), got ", t.device());
+}
+
+inline void check_packed_operand(const at::Tensor& t, const char* name, const char* layout) {
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kInt, name, " must be int32 packed bits, got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.dim() == 4, name, " must be 4-D ", layout, ", got shape ", t.sizes());
+}
+
+// Checks the packed operands and the geometry; returns the shape of the call.
+inline core::ConvShape check_conv_args(const at::Tensor& x_packed, const at::Tensor& w_packed, int64_t in_channels,
+                                       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+  check_packed_operand(x_packed, "x_packed", "(N, H, W, words)");
+  check_packed_operand(w_packed, "w_packed", "(O, KH, KW, words)");
+  check_same_device(w_packed, "w_packed", x_packed);
+  TORCH_CHECK_VALUE(in_channels > 0, "in_channels must be positive, got ", in_channels);
+  const int64_t words = (in_channels + 31) / 32;
+  TORCH_CHECK_VALUE(x_packed.size(3) == words, "x_packed has ", x_packed.size(3), " words per pixel but in_channels=",
+                    in_channels, " needs ", words);
+  TORCH_CHECK_VALUE(w_packed.size(3) == words, "w_packed has ", w_packed.size(3), " words per tap but in_channels=",
+                    in_channels, " needs ", words);
+  TORCH_CHECK_VALUE(stride.size() == 2 && stride[0] > 0 && stride[1] > 0, "stride must be two positive ints, got ",
+                    stride);
+  TORCH_CHECK_VALUE(padding.size() == 2 && padding[0] >= 0 && padding[1] >= 0,
+                    "padding must be two non-negative ints, got ", padding);
+  TORCH_CHECK_VALUE(dilation.size() == 2 && dilation[0] > 0 && dilation[1] > 0,
+                    "dilation must be two positive ints, got ", dilation);
+  TORCH_CHECK_VALUE(w_packed.size(1) > 0 && w_packed.size(2) > 0, "w_packed must have a non-empty kernel, got shape ",
+                    w_packed.sizes());
+  const core::ConvShape s{x_packed.size(0), x_packed.size(1), x_packed.size(2), in_channels, w_packed.size(0),
+                          w_packed.size(1), w_packed.size(2), stride[0], stride[1], padding[0], padding[1],
+                          dilation[0], dilation[1]};
+  TORCH_CHECK_VALUE(s.out_h() > 0 && s.out_w() > 0, "binary_conv2d output would be empty: input ", s.H, "x", s.W,
+                    ", kernel ", s.KH, "x", s.KW, ", padding ", padding, ", dilation ", dilation);
+  TORCH_CHECK_VALUE(in_channels * s.KH * s.KW < (int64_t{1} << 31), "in_channels * KH * KW must be below 2^31, got ",
+                    in_channels, " * ", s.KH, " * ", s.KW);
+  return s;
+}
+
+// The optional tensors of the fused epilogue, checked and made contiguous float32.
+struct EpilogueTensors {
+  std::optional<at::Tensor> scale, bias, residual, gamma, zeta, beta, threshold;
+  int64_t threshold_stride = 0;  // elements between samples of threshold: 0 (shared) or O
+};
+
+inline std::optional<at::Tensor> affine_operand(const std::optional<at::Tensor>& t, const char* name, int64_t O,
+                                                const at::Tensor& like) {
+  if (!t.has_value()) return std::nullopt;
+  check_same_device(*t, name, like);
+  TORCH_CHECK_TYPE(at::isFloatingType(t->scalar_type()), name, " must be a floating tensor, got ", t->scalar_type());
+  TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == O, name, " must have shape (O,) = (", O, ",), got ", t->sizes());
+  return t->to(at::kFloat).contiguous();
+}
+
+inline at::Tensor float32_operand(const at::Tensor& t, const char* name, at::IntArrayRef shape, const char* layout,
+                                  const at::Tensor& like) {
+  check_same_device(t, name, like);
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat, name, " must be float32, got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.sizes() == shape, name, " must have shape ", layout, " = ", shape, ", got ", t.sizes());
+  return t.contiguous();
+}
+
+// Checks scale, bias (any floating dtype, (O,)) and the fused epilogue's residual (N, O, Ho, Wo),
+// TA gamma, zeta (N, O) and beta (O,) (all or none), threshold (O,) or (N, O) (only with pack),
+// all float32 except scale and bias.
+inline EpilogueTensors check_epilogue_args(const core::ConvShape& s, const at::Tensor& x_packed,
+                                           const std::optional<at::Tensor>& scale,
+                                           const std::optional<at::Tensor>& bias,
+                                           const std::optional<at::Tensor>& residual,
+                                           const std::optional<at::Tensor>& gamma,
+                                           const std::optional<at::Tensor>& zeta,
+                                           const std::optional<at::Tensor>& beta,
+                                           const std::optional<at::Tensor>& threshold, bool pack) {
+  EpilogueTensors e;
+  e.scale = affine_operand(scale, "scale", s.O, x_packed);
+  e.bias = affine_operand(bias, "bias", s.O, x_packed);
+  if (residual) e.residual = float32_operand(*residual, "residual", {s.N, s.O, s.out_h(), s.out_w()},
+                                             "(N, O, Ho, Wo)", x_packed);
+  const int given = int(gamma.has_value()) + int(zeta.has_value()) + int(beta.has_value());
+  TORCH_CHECK_VALUE(given == 0 || given == 3, "gamma, zeta and beta (the TA epilogue) must be given together");
+  if (given == 3) {
+    e.gamma = float32_operand(*gamma, "gamma", {s.N, s.O}, "(N, O)", x_packed);
+    e.zeta = float32_operand(*zeta, "zeta", {s.N, s.O}, "(N, O)", x_packed);
+    e.beta = float32_operand(*beta, "beta", {s.O}, "(O,)", x_packed);
+  }
+  if (threshold) {
+    TORCH_CHECK_VALUE(pack, "threshold is only used with pack=True (it binarises the output for the next layer)");
+    check_same_device(*threshold, "threshold", x_packed);
+    TORCH_CHECK_TYPE(threshold->scalar_type() == at::kFloat, "threshold must be float32, got ",
+                     threshold->scalar_type());
+    const bool per_channel = threshold->dim() == 1 && threshold->size(0) == s.O;
+    const bool per_sample = threshold->dim() == 2 && threshold->size(0) == s.N && threshold->size(1) == s.O;
+    TORCH_CHECK_VALUE(per_channel || per_sample, "threshold must have shape (O,) = (", s.O, ",) or (N, O) = (", s.N,
+                      ", ", s.O, "), got ", threshold->sizes());
+    e.threshold = threshold->contiguous();
+    e.threshold_stride = per_sample ? s.O : 0;
+  }
+  return e;
+}
+
+inline const float* data_or_null(const std::optional<at::Tensor>& t) { return t ? t->data_ptr<float>() : nullptr; }
+
+}  // namespace hidiff::glue

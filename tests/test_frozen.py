@@ -395,3 +395,19 @@ def test_avg_pool2x2_is_bit_identical_to_avg_pool2d():
 
     x = torch.randn(2, 5, 12, 10)
     assert torch.equal(_avg_pool2x2(x), torch.nn.functional.avg_pool2d(x, 2))
+
+
+def test_prior_share_cached_by_prepare():
+    refiner = make_refiner(32)
+    frozen = freeze(refiner, TIMESTEPS)
+    image, y_t, prior, _, features = make_inputs(refiner, batch=2)
+    t = torch.tensor([9, 4])
+    with torch.inference_mode():
+        with_prior = frozen.prepare(image, features, prior)
+        assert torch.equal(
+            frozen.step(with_prior, y_t, prior, t), frozen.step(frozen.prepare(image, features), y_t, prior, t)
+        )
+        with pytest.raises(ValueError, match="prior must be the prior given to prepare"):
+            frozen.step(with_prior, y_t, 1 - prior, t)
+        with pytest.raises(ValueError, match="prior must have shape"):
+            frozen.prepare(image, features, prior[:1])

@@ -449,13 +449,20 @@ class ConditionCache:
     """What :meth:`FrozenBBDM.prepare` computes once per image and every step reuses.
 
     Attributes:
-        image_term: float32 ``(B, C, H, W)``: the image's share of the input conv, plus its bias.
+        image_term: float32 ``(B, C, H, W)``: the image's share of the input conv, plus its bias
+            (and the prior's share when the prior was given to :meth:`FrozenBBDM.prepare`).
         conditions: per condition ResBlock (concat1, concat2, concat3 at H/4..H/16, then the
             bottleneck's at H/32), ``(normed, skip)`` float32 ``(B, E_i, H_i, W_i)`` each.
+        prior: the prior whose share ``image_term`` includes, or None.
+        input_buffer: float32 ``(B, C, H * W)`` that every step's input-conv output is written into
+            (with a cached prior), so a step allocates no full-resolution input map; a cache
+            therefore serves one refinement at a time.
     """
 
     image_term: Tensor
     conditions: tuple[tuple[Tensor, Tensor], ...]
+    prior: Tensor | None = None
+    input_buffer: Tensor | None = None
 
 
 def _check_timesteps(timesteps: Sequence[int]) -> tuple[int, ...]:
@@ -487,7 +494,7 @@ class FrozenHead(nn.Module):
         self.conv = copy.deepcopy(conv)
 
     def forward(self, h: Tensor) -> Tensor:
-        x = F.silu(self.norm(h))
+        x = F.silu(self.norm(h), inplace=True)  # in place: no second full-resolution map
         batch, channels, height, width = x.shape
         k = self.conv.out_channels
         taps = self.conv.weight.permute(2, 3, 0, 1).reshape(9 * k, channels)  # rows (kh, kw, o)
@@ -666,15 +673,55 @@ class FrozenBBDM(nn.Module):
                 shape = tuple(feature.shape) if isinstance(feature, Tensor) else type(feature).__name__
                 raise ValueError(f"features[{i}] must have shape {want} (B, C, H/{stride}, W/{stride}), got {shape}")
 
-    def prepare(self, image: Tensor, features: Sequence[Tensor]) -> ConditionCache:
-        """The per-image, t-independent part of the refiner (see :class:`ConditionCache`)."""
+    def prepare(self, image: Tensor, features: Sequence[Tensor], prior: Tensor | None = None) -> ConditionCache:
+        """The per-image, t-independent part of the refiner (see :class:`ConditionCache`).
+
+        Args:
+            image: float ``(B, Cimg, H, W)``; features: the segmentor's 4 feature maps.
+            prior: optional float ``(B, K, H, W)``: the prior every :meth:`step` of this refinement
+                will pass; its share of the input conv is then computed here once as well.
+        """
         self._check_image(image, features)
         image_term = F.conv2d(image.float(), self.input_image_weight, self.input_bias, padding=1)
+        input_buffer = None
+        if prior is not None:
+            expected = (image.shape[0], self.num_classes, *image.shape[2:])
+            if not isinstance(prior, Tensor) or tuple(prior.shape) != expected:
+                shape = tuple(prior.shape) if isinstance(prior, Tensor) else type(prior).__name__
+                raise ValueError(f"prior must have shape {expected} (B, K, H, W) of the image, got {shape}")
+            image_term = self._prior_term(image_term, prior)
+            input_buffer = image_term.new_empty((image_term.shape[0], image_term.shape[1], image_term[0, 0].numel()))
         conditions = (self.concat1, self.concat2, self.concat3, self.fuse)
         return ConditionCache(
             image_term,
             tuple(layer.condition.prepare(f.float()) for layer, f in zip(conditions, features, strict=True)),
+            prior,
+            input_buffer,
         )
+
+    def _prior_term(self, image_term: Tensor, prior: Tensor) -> Tensor:
+        """``image_term`` plus the prior's share of the input conv (``(B, C, H, W)``, a new tensor)."""
+        prior_weight = self.input_state_weight[:, self.num_classes :]
+        return F.conv2d(prior.float(), prior_weight, None, padding=1).add_(image_term)
+
+    def _input_conv(self, cache: ConditionCache, y_t: Tensor, prior: Tensor) -> Tensor:
+        """The input conv of ``concat(image, y_t, prior)``: ``(B, C, H, W)`` float32.
+
+        Only y_t's K channels change per step: their 3x3 conv is one small GEMM over the 9K
+        shifted copies of y_t, accumulated onto the image and prior terms (cached by
+        :meth:`prepare` when it was given the prior, then written into the cache's buffer).
+        """
+        if cache.prior is None:
+            base, buffer = self._prior_term(cache.image_term, prior), None
+        else:
+            if prior is not cache.prior and not torch.equal(prior, cache.prior):
+                raise ValueError("prior must be the prior given to prepare(), whose share of the input conv is cached")
+            base, buffer = cache.image_term, cache.input_buffer
+        batch, channels, height, width = base.shape
+        weight = self.input_state_weight[:, : self.num_classes].reshape(1, channels, -1).expand(batch, -1, -1)
+        columns = F.unfold(y_t.float(), 3, padding=1)
+        out = torch.baddbmm(base.view(batch, channels, -1), weight, columns, out=buffer)
+        return out.view(batch, channels, height, width)
 
     @staticmethod
     def _down(
@@ -709,9 +756,7 @@ class FrozenBBDM(nn.Module):
                 shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
                 raise ValueError(f"{name} must have shape {expected} (B, K, H, W) of the cached image, got {shape}")
         idx = self.step_index(t, batch)
-        state = torch.cat([y_t, prior], dim=1).float()
-        # In place into the conv's output: one full-resolution allocation less (a + b == b + a).
-        h = F.conv2d(state, self.input_state_weight, None, padding=1).add_(cache.image_term)
+        h = self._input_conv(cache, y_t, prior)
 
         # Encoder: each block packs its output for the next binary layer.
         h, h_in = self.block1(self.block1.prepare(h, idx), h, idx, self.down1.thresholds(idx))

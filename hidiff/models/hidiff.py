@@ -201,7 +201,7 @@ class HiDiff(nn.Module):
                 f"frozen has no tables for the timesteps {missing} that a run of steps={steps} visits (it has "
                 f"{frozen.frozen_timesteps}): pass frozen=self.freeze({steps})"
             )
-        cache = frozen.prepare(x, features)
+        cache = frozen.prepare(x, features, prior)
         return lambda y_t, t: frozen.step(cache, y_t, prior, t)
 
     @torch.no_grad()

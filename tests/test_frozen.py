@@ -411,3 +411,13 @@ def test_prior_share_cached_by_prepare():
             frozen.step(with_prior, y_t, 1 - prior, t)
         with pytest.raises(ValueError, match="prior must have shape"):
             frozen.prepare(image, features, prior[:1])
+
+
+def test_upsample2x_is_nearest_interpolation():
+    from hidiff.models.frozen import _upsample2x
+
+    x = torch.randn(2, 3, 5, 4)
+    want = torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest")
+    assert torch.equal(_upsample2x(x), want)
+    out = torch.empty(2, 3, 10, 8)
+    assert _upsample2x(x, out) is out and torch.equal(out, want)

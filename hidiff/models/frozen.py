@@ -38,7 +38,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -221,15 +221,28 @@ def _avg_pool2x2(x: Tensor) -> Tensor:
     exact) and faster than the pooling kernel on NCHW maps.
     """
     top, bottom = x[:, :, 0::2], x[:, :, 1::2]
-    return (((top[..., 0::2] + top[..., 1::2]) + bottom[..., 0::2]) + bottom[..., 1::2]).mul_(0.25)
+    return (top[..., 0::2] + top[..., 1::2]).add_(bottom[..., 0::2]).add_(bottom[..., 1::2]).mul_(0.25)
 
 
-def _pair_mean_of_concat(a: Tensor, b: Tensor) -> Tensor:
-    """``channel_pair_mean(concat(a, b))``, without the concatenation when no pair straddles a and b."""
+def _upsample2x(x: Tensor, out: Tensor | None = None) -> Tensor:
+    """Nearest x2 upsampling ``(B, C, H, W) -> (B, C, 2H, 2W)`` as one copy, into ``out`` when given."""
+    b, c, h, w = x.shape
+    if out is None:
+        out = x.new_empty((b, c, 2 * h, 2 * w))
+    out.view(b, c, h, 2, w, 2).copy_(x[:, :, :, None, :, None].expand(b, c, h, 2, w, 2))
+    return out
+
+
+def _pair_mean_of_concat(a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor:
+    """``channel_pair_mean(concat(a, b))``, without the concatenation when no pair straddles a and b.
+
+    ``out`` (``(B, (Ca + Cb) / 2, H, W)``) receives the result when given.
+    """
     if a.shape[1] % 2:
         return _pair_mean(torch.cat([a, b], dim=1))
     half = a.shape[1] // 2
-    out = a.new_empty((a.shape[0], half + b.shape[1] // 2, *a.shape[2:]))
+    if out is None:
+        out = a.new_empty((a.shape[0], half + b.shape[1] // 2, *a.shape[2:]))
     _pair_mean(a, out[:, :half])
     _pair_mean(b, out[:, half:])
     return out
@@ -455,14 +468,27 @@ class ConditionCache:
             bottleneck's at H/32), ``(normed, skip)`` float32 ``(B, E_i, H_i, W_i)`` each.
         prior: the prior whose share ``image_term`` includes, or None.
         input_buffer: float32 ``(B, C, H * W)`` that every step's input-conv output is written into
-            (with a cached prior), so a step allocates no full-resolution input map; a cache
-            therefore serves one refinement at a time.
+            (with a cached prior).
+        workspace: reusable per-step tensors (the decoder's upsampled shortcuts and pair means),
+            created at the first step. Large fresh allocations are mapped anew by the C library
+            on every call and pay a page fault per 4 KiB on first touch (milliseconds per
+            full-resolution map); reusing them removes that. A cache therefore serves one
+            refinement at a time.
     """
 
     image_term: Tensor
     conditions: tuple[tuple[Tensor, Tensor], ...]
     prior: Tensor | None = None
     input_buffer: Tensor | None = None
+    workspace: dict[str, Tensor] = field(default_factory=dict)
+
+    def buffer(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """The workspace tensor ``name`` of ``shape`` (dtype and device of ``like``), created once."""
+        tensor = self.workspace.get(name)
+        if tensor is None or tuple(tensor.shape) != tuple(shape):
+            tensor = like.new_empty(shape)
+            self.workspace[name] = tensor
+        return tensor
 
 
 def _check_timesteps(timesteps: Sequence[int]) -> tuple[int, ...]:
@@ -735,12 +761,17 @@ class FrozenBBDM(nn.Module):
 
     @staticmethod
     def _up(
-        block: FrozenBlock, h: Tensor, h_in: Tensor, idx: Tensor, next_threshold: Tensor | None
+        block: FrozenBlock,
+        h: Tensor,
+        h_in: Tensor,
+        idx: Tensor,
+        next_threshold: Tensor | None,
+        residual_out: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """An UpBlock from ``h`` packed at low resolution: nearest x2 commutes with TB and with the
-        channel-pair-mean shortcut, so both run before the upsampling."""
+        channel-pair-mean shortcut, so both run before the upsampling (into ``residual_out``)."""
         shortcut = h if block.in_channels == block.out_channels else _pair_mean(h)
-        residual = F.interpolate(shortcut, scale_factor=2.0, mode="nearest")
+        residual = _upsample2x(shortcut, residual_out)
         return block(block.conv.upsample_input(h_in), residual, idx, next_threshold)
 
     def step(self, cache: ConditionCache, y_t: Tensor, prior: Tensor, t: Tensor | int) -> Tensor:
@@ -795,10 +826,13 @@ class FrozenBBDM(nn.Module):
         )
         for i, (up, merge) in enumerate(pairs):
             skip = skips.pop()
-            h, h_in = self._up(up, h, h_in, idx, merge.prefix_threshold(idx, up.out_channels))
+            batch, _, height, width = skip.shape
+            upsampled = cache.buffer(f"up{i}", (batch, up.out_channels, height, width), skip)
+            h, h_in = self._up(up, h, h_in, idx, merge.prefix_threshold(idx, up.out_channels), upsampled)
             merge_in = merge.prepare_concat(h, h_in, skip, idx)
             following = pairs[i + 1][0].thresholds(idx) if i + 1 < len(pairs) else None
-            h, h_in = merge(merge_in, _pair_mean_of_concat(h, skip), idx, following)
+            pair_mean = cache.buffer(f"merge{i}", (batch, merge.out_channels, height, width), skip)
+            h, h_in = merge(merge_in, _pair_mean_of_concat(h, skip, pair_mean), idx, following)
         return self.head(h)
 
     def forward(self, image: Tensor, y_t: Tensor, prior: Tensor, t: Tensor | int, features: Sequence[Tensor]) -> Tensor:

@@ -211,8 +211,8 @@ def test_kl_is_zero_for_the_true_eps_and_positive_otherwise():
     torch.testing.assert_close(wrong.total, wrong.kl + wrong.focal)
 
 
-def manual_terms(diffusion, y_t, y0, prior, eps_hat, t):
-    """Per-sample KL / NLL and focal, written directly from the formulas in float64."""
+def manual_terms(diffusion, y_t, y0, prior, eps_hat, t, gamma=0.0, first_step_term="y0_hat", model_posterior="mixture"):
+    """Per-sample KL / NLL and focal (BCE at gamma = 0), written directly from the formulas in float64."""
     y_t, y0, prior, eps_hat = (x.double() for x in (y_t, y0, prior, eps_hat))
     vb, focal = [], []
     for i, step in enumerate(t.tolist()):
@@ -229,22 +229,31 @@ def manual_terms(diffusion, y_t, y0, prior, eps_hat, t):
                 dtype=torch.float64,
             )
 
-        mu_hat = post((y_t[i] - eps_hat[i]).abs()).clamp(1e-7, 1 - 1e-7)
+        y0_hat = (y_t[i] - eps_hat[i]).abs()
+        if model_posterior == "plugin":
+            mu_hat = post(y0_hat)
+        else:  # the mixture of the exact posteriors of y0 = 1 and y0 = 0
+            mu_hat = y0_hat.flatten() * post(torch.ones_like(y0_hat)) + (1 - y0_hat.flatten()) * post(y0_hat * 0)
+        mu_hat = mu_hat.clamp(1e-7, 1 - 1e-7)
         target = y0[i].flatten()
         if step == 0:
-            vb.append(-(target * mu_hat.log() + (1 - target) * (1 - mu_hat).log()).mean())
+            decoder = mu_hat if first_step_term == "posterior" else y0_hat.flatten().clamp(1e-7, 1 - 1e-7)
+            vb.append(-(target * decoder.log() + (1 - target) * (1 - decoder).log()).mean())
         else:
             q = post(y0[i]).clamp(1e-7, 1 - 1e-7)
             vb.append((q * (q / mu_hat).log() + (1 - q) * ((1 - q) / (1 - mu_hat)).log()).mean())
         e, e_hat = (y_t[i] - y0[i]).abs().flatten(), eps_hat[i].flatten().clamp(1e-7, 1 - 1e-7)
         bce = -(e * e_hat.log() + (1 - e) * (1 - e_hat).log())
-        focal.append(((1 - torch.exp(-bce)) ** 2 * bce).mean())
+        focal.append(((1 - torch.exp(-bce)) ** gamma * bce).mean())
     return torch.stack(vb), torch.stack(focal)
 
 
+@pytest.mark.parametrize(
+    "gamma, first_step_term, model_posterior", [(0.0, "y0_hat", "mixture"), (2.0, "posterior", "plugin")]
+)
 @pytest.mark.parametrize("steps", [[0, 0, 0], [0, 5, 9], [2, 0, 0]])
-def test_loss_terms_per_sample_with_t0_nll(steps):
-    diffusion = BernoulliDiffusion()
+def test_loss_terms_per_sample_with_t0_nll(steps, gamma, first_step_term, model_posterior):
+    diffusion = BernoulliDiffusion(focal_gamma=gamma, first_step_term=first_step_term, model_posterior=model_posterior)
     y0, prior = random_mask((3, 2, 6, 6)), torch.rand(3, 2, 6, 6) * 0.9 + 0.05
     eps_table = torch.rand(3, 2, 6, 6) * 0.9 + 0.05
     record = []
@@ -256,7 +265,7 @@ def test_loss_terms_per_sample_with_t0_nll(steps):
     loss = diffusion.training_loss(denoise, y0, prior, torch.tensor(steps))
     ((y_t, t_seen),) = record
     assert torch.equal(t_seen, torch.tensor(steps))
-    vb, focal = manual_terms(diffusion, y_t, y0, prior, eps_table, t_seen)
+    vb, focal = manual_terms(diffusion, y_t, y0, prior, eps_table, t_seen, gamma, first_step_term, model_posterior)
     # Tight tolerance: at t = 0 the KL to the (clamped) delta posterior differs from the NLL only by the
     # entropy of the clamped target (~2e-6 per pixel), so a looser one would not see a wrong branch.
     torch.testing.assert_close(loss.kl.double(), vb.mean(), rtol=1e-6, atol=1e-7)

@@ -11,7 +11,7 @@
 
 from .bernoulli import BernoulliDiffusion
 from .losses import DiffusionLoss, bernoulli_kl, bernoulli_nll, diffusion_loss, focal_loss
-from .process import calibrate, posterior_mean, q_sample
+from .process import calibrate, posterior_mean, prior_flip_rate, q_sample
 from .samplers import SAMPLERS, DenoiseFn, respace, sample, sample_chain, step_coefficients, to_mask
 from .schedules import (
     MAX_BETA,
@@ -38,6 +38,7 @@ __all__ = [
     "focal_loss",
     "make_betas",
     "make_schedule",
+    "prior_flip_rate",
     "posterior_mean",
     "q_sample",
     "respace",

@@ -6,8 +6,8 @@ import torch
 from torch import Tensor
 
 from . import samplers
-from .losses import DiffusionLoss, diffusion_loss
-from .process import calibrate, posterior_mean, q_sample
+from .losses import FIRST_STEP_TERMS, DiffusionLoss, diffusion_loss
+from .process import MODEL_POSTERIORS, calibrate, posterior_mean, q_sample
 from .samplers import DenoiseFn
 from .schedules import BernoulliSchedule, make_schedule
 
@@ -35,31 +35,55 @@ class BernoulliDiffusion:
     Args:
         num_steps: T >= 1.
         schedule: ``"cosine"`` (the paper's squared cosine) or ``"cosine-unsquared"`` (the public code's).
-        focal_gamma: focal-loss exponent (>= 0).
+        focal_gamma: focal-loss exponent (>= 0); 0 (default) is the binary cross-entropy, a proper
+            scoring rule that keeps eps_hat calibrated; the paper's 2 over-predicts flips.
         focal_weight: lambda_focal (>= 0).
+        first_step_term: the t = 0 term scores y0 under ``"y0_hat"`` (default, the public code) or
+            ``"posterior"`` (Eq. 7 at ``abar_{-1} = 1``).
+        model_posterior: how ``p_theta(y_{t-1} | y_t)`` is formed from ``y0_hat`` in the KL term and
+            the ancestral sampler: ``"mixture"`` (default, exact for a calibrated ``y0_hat``) or
+            ``"plugin"`` (the paper's Eq. 10), see :data:`hidiff.diffusion.process.MODEL_POSTERIORS`.
     """
 
     def __init__(
-        self, num_steps: int = 10, schedule: str = "cosine", focal_gamma: float = 2.0, focal_weight: float = 1.0
+        self,
+        num_steps: int = 10,
+        schedule: str = "cosine",
+        focal_gamma: float = 0.0,
+        focal_weight: float = 1.0,
+        first_step_term: str = "y0_hat",
+        model_posterior: str = "mixture",
     ) -> None:
         if focal_gamma < 0:
             raise ValueError(f"focal_gamma must be >= 0, got {focal_gamma}")
         if focal_weight < 0:
             raise ValueError(f"focal_weight must be >= 0, got {focal_weight}")
+        if first_step_term not in FIRST_STEP_TERMS:
+            raise ValueError(f"first_step_term must be one of {FIRST_STEP_TERMS}, got {first_step_term!r}")
         self.schedule: BernoulliSchedule = make_schedule(schedule, num_steps)
+        self.first_step_term = first_step_term
+        if model_posterior not in MODEL_POSTERIORS:
+            raise ValueError(f"model_posterior must be one of {MODEL_POSTERIORS}, got {model_posterior!r}")
+        self.model_posterior = model_posterior
         self.focal_gamma = float(focal_gamma)
         self.focal_weight = float(focal_weight)
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(num_steps={self.num_steps}, schedule={self.schedule.name!r}, "
-            f"focal_gamma={self.focal_gamma}, focal_weight={self.focal_weight})"
+            f"focal_gamma={self.focal_gamma}, focal_weight={self.focal_weight}, "
+            f"first_step_term={self.first_step_term!r}, model_posterior={self.model_posterior!r})"
         )
 
     @property
     def num_steps(self) -> int:
         """T, the number of diffusion steps."""
         return self.schedule.num_steps
+
+    @property
+    def flip_scales(self) -> tuple[float, ...]:
+        """``1 - abar_t`` for t = 0..T-1: the residual refiner's ``prior_flip_rates``."""
+        return tuple(float(1 - a) for a in self.alphas_cumprod)
 
     @property
     def betas(self) -> Tensor:
@@ -183,6 +207,8 @@ class BernoulliDiffusion:
             t == 0,
             self.focal_gamma,
             self.focal_weight,
+            self.first_step_term,
+            self.model_posterior,
         )
 
     def sample(
@@ -207,7 +233,7 @@ class BernoulliDiffusion:
         Returns:
             float32 ``(B, K, H, W)`` in [0, 1].
         """
-        return samplers.sample(denoise_fn, prior, self.schedule, steps, sampler, samples, seed)
+        return samplers.sample(denoise_fn, prior, self.schedule, steps, sampler, samples, seed, self.model_posterior)
 
     @staticmethod
     def to_mask(y0_hat: Tensor) -> Tensor:

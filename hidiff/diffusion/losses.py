@@ -11,9 +11,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .process import calibrate, posterior_mean
+from .process import MODEL_POSTERIORS, calibrate, model_posterior_mean, posterior_mean
 
 __all__ = [
+    "FIRST_STEP_TERMS",
     "PROB_CLAMP",
     "DiffusionLoss",
     "bernoulli_kl",
@@ -23,6 +24,10 @@ __all__ = [
 ]
 
 PROB_CLAMP = 1e-7
+
+FIRST_STEP_TERMS = ("y0_hat", "posterior")
+"""How the t = 0 term scores y0: under ``y0_hat = |y_t - eps_hat|`` itself (the public code; a proper
+scoring rule on eps_hat) or under the posterior of Eq. 7 at ``abar_{-1} = 1`` (nearly flat in eps_hat)."""
 
 
 @dataclass
@@ -84,14 +89,23 @@ def diffusion_loss(
     alpha: Tensor,
     alpha_bar_prev: Tensor,
     first_step: Tensor,
-    focal_gamma: float = 2.0,
+    focal_gamma: float = 0.0,
     focal_weight: float = 1.0,
+    first_step_term: str = "y0_hat",
+    model_posterior: str = "mixture",
 ) -> DiffusionLoss:
     """``L_Diff = KL(q(y_{t-1} | y_t, y0, p) || p_theta(y_{t-1} | y_t, p)) + focal_weight * Focal(eps_hat, eps)``.
 
-    The model posterior ``mu_hat`` is Eq. 7 at the calibrated ``y0_hat = |y_t - eps_hat|``; the true
-    one at ``y0``. For samples with ``first_step`` (t = 0) the KL is replaced by the decoder negative
-    log-likelihood of ``y0`` under ``mu_hat``. Every sample of the batch takes its own branch.
+    The model posterior ``mu_hat`` is formed from the calibrated ``y0_hat = |y_t - eps_hat|``
+    (``model_posterior``: the mixture of the exact posteriors, whose KL is minimised by the true
+    ``P(y0 | y_t)``, or the paper's plug-in into Eq. 7); the true one is Eq. 7 at ``y0``. For samples with ``first_step`` (t = 0) the KL is replaced by the decoder negative
+    log-likelihood of ``y0`` under ``y0_hat`` (``first_step_term="y0_hat"``, the public code) or
+    under ``mu_hat`` (``"posterior"``). Every sample of the batch takes its own branch.
+
+    With ``focal_gamma = 0`` the eps term is the binary cross-entropy, a proper scoring rule: its
+    minimiser is the true flip probability, which DDIM uses as one. The paper's focal loss
+    (``gamma = 2``) is minimised near ``(q / 3)^(1/3)`` for a true rate ``q``, so it over-predicts
+    flips; it stays selectable.
 
     Args:
         eps_hat: float ``(B, K, H, W)`` prediction in [0, 1] (any float dtype; computed in >= float32).
@@ -99,11 +113,15 @@ def diffusion_loss(
         prior: float, eps_hat's shape, in [0, 1].
         alpha, alpha_bar_prev: ``(B,)`` ``alpha_t`` and ``abar_{t-1}`` per sample.
         first_step: bool ``(B,)``, True where t = 0.
-        focal_gamma, focal_weight: focal exponent and weight (lambda_focal).
+        focal_gamma, focal_weight: focal exponent (0: BCE) and weight (lambda_focal).
+        first_step_term: ``"y0_hat"`` or ``"posterior"`` (see :data:`FIRST_STEP_TERMS`).
+        model_posterior: ``"mixture"`` or ``"plugin"`` (see :data:`hidiff.diffusion.process.MODEL_POSTERIORS`).
 
     Returns:
         :class:`DiffusionLoss` of scalar tensors, differentiable in eps_hat and prior.
     """
+    if first_step_term not in FIRST_STEP_TERMS:
+        raise ValueError(f"first_step_term must be one of {FIRST_STEP_TERMS}, got {first_step_term!r}")
     for name, t in (("y_t", y_t), ("eps", eps), ("y0", y0), ("prior", prior)):
         if t.shape != eps_hat.shape:
             raise ValueError(f"{name} must have the shape of eps_hat {tuple(eps_hat.shape)}, got {tuple(t.shape)}")
@@ -111,10 +129,13 @@ def diffusion_loss(
     eps_hat, prior = eps_hat.to(dtype), prior.to(dtype)
     y_t, eps, y0 = y_t.to(dtype), eps.to(dtype), y0.to(dtype)
 
-    mu_hat = posterior_mean(y_t, calibrate(y_t, eps_hat), prior, alpha, alpha_bar_prev)
+    if model_posterior not in MODEL_POSTERIORS:
+        raise ValueError(f"model_posterior must be one of {MODEL_POSTERIORS}, got {model_posterior!r}")
+    mu_hat = model_posterior_mean(y_t, calibrate(y_t, eps_hat), prior, alpha, alpha_bar_prev, model_posterior)
     mu_true = posterior_mean(y_t, y0, prior, alpha, alpha_bar_prev)
     kl = _mean_per_sample(bernoulli_kl(mu_true, mu_hat))
-    nll = _mean_per_sample(bernoulli_nll(y0, mu_hat))
+    decoder = calibrate(y_t, eps_hat) if first_step_term == "y0_hat" else mu_hat
+    nll = _mean_per_sample(bernoulli_nll(y0, decoder))
     vb = torch.where(first_step.to(kl.device), nll, kl).mean()
     focal = focal_loss(eps_hat, eps, focal_gamma).mean()
     return DiffusionLoss(total=vb + focal_weight * focal, kl=vb, focal=focal)

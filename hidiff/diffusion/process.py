@@ -13,7 +13,16 @@ from torch import Tensor
 
 from hidiff_kernels.reference import POSTERIOR_EPS
 
-__all__ = ["POSTERIOR_EPS", "calibrate", "per_sample", "posterior_mean", "q_sample"]
+__all__ = [
+    "MODEL_POSTERIORS",
+    "POSTERIOR_EPS",
+    "calibrate",
+    "model_posterior_mean",
+    "per_sample",
+    "posterior_mean",
+    "prior_flip_rate",
+    "q_sample",
+]
 
 
 def per_sample(coef: Tensor, like: Tensor) -> Tensor:
@@ -83,6 +92,37 @@ def posterior_mean(y_t: Tensor, y0: Tensor, prior: Tensor, alpha: Tensor, alpha_
     return theta1 / (theta0 + theta1).clamp_min(POSTERIOR_EPS)
 
 
+MODEL_POSTERIORS = ("mixture", "plugin")
+"""How the model's ``p(y_{t-1} | y_t)`` is formed from ``y0_hat``: ``"mixture"`` averages the exact
+posteriors of y0 = 1 and y0 = 0 with weights ``y0_hat`` and ``1 - y0_hat`` (the Bayes posterior when
+``y0_hat = P(y0 = 1 | y_t)``); ``"plugin"`` puts the continuous ``y0_hat`` into Eq. 7 (the paper's
+Eq. 10), which counts the evidence of ``y_t`` twice and pulls the prior-only chain toward 0.5."""
+
+
+def model_posterior_mean(
+    y_t: Tensor, y0_hat: Tensor, prior: Tensor, alpha: Tensor, alpha_bar_prev: Tensor, form: str = "mixture"
+) -> Tensor:
+    """The model's ``P(y_{t-1} = 1 | y_t)`` from the calibrated estimate ``y0_hat`` (see :data:`MODEL_POSTERIORS`).
+
+    Args:
+        y_t: float ``(B, ...)`` in {0, 1}.
+        y0_hat: float, y_t's shape, in [0, 1] (differentiable).
+        prior: float, y_t's shape, in [0, 1].
+        alpha, alpha_bar_prev: ``(B,)`` per-sample coefficients as in :func:`posterior_mean`.
+        form: ``"mixture"`` or ``"plugin"``.
+
+    Returns:
+        tensor of y_t's shape in [0, 1].
+    """
+    if form == "plugin":
+        return posterior_mean(y_t, y0_hat, prior, alpha, alpha_bar_prev)
+    if form != "mixture":
+        raise ValueError(f"form must be one of {MODEL_POSTERIORS}, got {form!r}")
+    one = posterior_mean(y_t, torch.ones_like(y_t), prior, alpha, alpha_bar_prev)
+    zero = posterior_mean(y_t, torch.zeros_like(y_t), prior, alpha, alpha_bar_prev)
+    return torch.lerp(zero, one, y0_hat.to(zero.dtype))
+
+
 def calibrate(y_t: Tensor, eps_hat: Tensor) -> Tensor:
     """Calibrated clean estimate ``y0_hat = |y_t - eps_hat|`` (paper Eq. 10).
 
@@ -96,3 +136,23 @@ def calibrate(y_t: Tensor, eps_hat: Tensor) -> Tensor:
     if eps_hat.shape != y_t.shape:
         raise ValueError(f"eps_hat must have the shape of y_t {tuple(y_t.shape)}, got {tuple(eps_hat.shape)}")
     return (y_t - eps_hat).abs()
+
+
+def prior_flip_rate(y_t: Tensor, prior: Tensor, flip_scale: Tensor) -> Tensor:
+    """``(1 - abar_t) |y_t - p|``: the exact flip probability of the prior-only Bayes denoiser.
+
+    When ``y0 ~ Bernoulli(p)`` independently per pixel (all a denoiser can know from the prior
+    alone), the marginal of ``y_t`` is again ``Bernoulli(p)`` and
+    ``P(y0 != y_t | y_t) = (1 - abar_t) (1 - p)`` for ``y_t = 1`` and ``(1 - abar_t) p`` for
+    ``y_t = 0``. A refiner that predicts exactly this leaves the prior unchanged in expectation;
+    whatever it learns beyond it comes from the image and the segmentor's features.
+
+    Args:
+        y_t: float ``(B, ...)`` in {0, 1}.
+        prior: float, y_t's shape, in [0, 1].
+        flip_scale: ``(B,)`` ``1 - abar_t`` per sample.
+
+    Returns:
+        tensor of y_t's shape in [0, 1 - abar_t].
+    """
+    return per_sample(flip_scale, y_t) * (y_t - prior).abs()

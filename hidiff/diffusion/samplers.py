@@ -9,10 +9,12 @@ A run visits a descending list of original timesteps (``respace``), starting fro
 between visits ``t -> s`` the state is redrawn with
 
 - ancestral: ``coef = (abar_t / abar_s, abar_s)``, the posterior of Eq. 7 for the jump t -> s
-  (``(alpha_t, abar_{t-1})`` when no step is skipped);
+  (``(alpha_t, abar_{t-1})`` when no step is skipped), formed from ``y0_hat`` as the mixture of the
+  exact posteriors of y0 = 1 and y0 = 0 (default) or by the paper's plug-in of ``y0_hat`` into Eq. 7
+  (``posterior="plugin"``; see :data:`hidiff.diffusion.process.MODEL_POSTERIORS`);
 - DDIM: ``coef = (sigma, abar_s - sigma * abar_t)`` with ``sigma = (1 - abar_s) / (1 - abar_t)``.
 
-With an exact denoiser both keep the forward marginals ``Bernoulli(abar_s y0 + (1 - abar_s) p)``. The
+With an exact denoiser (one that knows y0) both keep the forward marginals ``Bernoulli(abar_s y0 + (1 - abar_s) p)``. The
 last visit (timestep 0 unless a single step is asked for) returns the continuous ``y0_hat = |y_t -
 eps_hat|`` instead of drawing.
 """
@@ -26,13 +28,28 @@ from torch import Tensor
 
 import hidiff_kernels
 
-from .process import calibrate
+from .process import MODEL_POSTERIORS, calibrate, model_posterior_mean
 from .schedules import BernoulliSchedule
 
-__all__ = ["SAMPLERS", "DenoiseFn", "draw_prior", "respace", "sample", "sample_chain", "step_coefficients", "to_mask"]
+__all__ = [
+    "SAMPLERS",
+    "DenoiseFn",
+    "StepTrace",
+    "draw_bernoulli",
+    "draw_prior",
+    "respace",
+    "sample",
+    "sample_chain",
+    "step_coefficients",
+    "to_mask",
+]
 
 SAMPLERS = ("ddim", "ancestral")
 _MODES = {"ddim": "ddim", "ancestral": "posterior"}
+
+StepTrace = Callable[[int, Tensor, Tensor], None]
+"""``trace(t, y_t, eps_hat)``: called by :func:`sample_chain` after each denoiser call with the
+visited timestep, the chain state (float32 in {0, 1}) and the prediction (diagnostics)."""
 
 DenoiseFn = Callable[[Tensor, Tensor], Tensor]
 """``denoise_fn(y_t, t) -> eps_hat``: float32 ``(B, K, H, W)`` state and int64 ``(B,)`` timesteps to
@@ -86,20 +103,25 @@ def _coef(a: float, b: float, like: Tensor) -> Tensor:
     return torch.tensor([[a, b]], dtype=torch.float32, device=like.device).expand(like.shape[0], 2).contiguous()
 
 
-def draw_prior(prior: Tensor, seed: int, offset: int) -> Tensor:
-    """``y ~ Bernoulli(p)`` with the counter RNG: one ``bernoulli_step`` whose mean is exactly ``p``.
+def draw_bernoulli(mean: Tensor, seed: int, offset: int) -> Tensor:
+    """``y ~ Bernoulli(mean)`` with the counter RNG: one ``bernoulli_step`` whose mean is exactly ``mean``.
 
-    In DDIM mode with ``y_t = 0``, ``eps_hat = p`` and ``coef = (0, 1)`` the step mean is
-    ``0 * 0 + 1 * |0 - p| = p``; the draw consumes ``prior.numel()`` counters from ``offset``.
+    In DDIM mode with ``y_t = 0``, ``eps_hat = mean`` and ``coef = (0, 1)`` the step mean is
+    ``0 * 0 + 1 * |0 - mean| = mean``; the draw consumes ``mean.numel()`` counters from ``offset``.
 
     Args:
-        prior: float32 contiguous ``(B, ...)`` in [0, 1].
+        mean: float32 contiguous ``(B, ...)`` in [0, 1].
 
     Returns:
-        float32 tensor of prior's shape in {0, 1}.
+        float32 tensor of mean's shape in {0, 1}.
     """
-    zeros = torch.zeros_like(prior)
-    return hidiff_kernels.bernoulli_step(zeros, prior, prior, _coef(0.0, 1.0, prior), "ddim", seed, offset)
+    zeros = torch.zeros_like(mean)
+    return hidiff_kernels.bernoulli_step(zeros, mean, mean, _coef(0.0, 1.0, mean), "ddim", seed, offset)
+
+
+def draw_prior(prior: Tensor, seed: int, offset: int) -> Tensor:
+    """``y ~ Bernoulli(p)``, the start of every chain (:func:`draw_bernoulli` of the prior)."""
+    return draw_bernoulli(prior, seed, offset)
 
 
 def _check_prior(prior: Tensor) -> Tensor:
@@ -134,6 +156,8 @@ def sample_chain(
     sampler: str = "ddim",
     seed: int = 0,
     offset: int = 0,
+    trace: StepTrace | None = None,
+    posterior: str = "mixture",
 ) -> tuple[Tensor, int]:
     """One reverse run over ``timesteps`` (descending original timesteps, see :func:`respace`).
 
@@ -144,6 +168,9 @@ def sample_chain(
         timesteps: strictly descending timesteps in ``0 .. T-1``.
         sampler: ``"ddim"`` or ``"ancestral"``.
         seed, offset: counter RNG position of the first draw.
+        trace: optional :data:`StepTrace` called at every visited timestep.
+        posterior: how the ancestral sampler forms ``p(y_{t-1} | y_t)`` from ``y0_hat``:
+            ``"mixture"`` or ``"plugin"`` (ignored by DDIM).
 
     Returns:
         ``(y0_hat, offset)``: float32 ``(B, K, H, W)`` in [0, 1] and the counter offset after the last draw.
@@ -155,6 +182,8 @@ def sample_chain(
         raise ValueError(f"timesteps must be a non-empty strictly descending sequence, got {timesteps}")
     if timesteps[-1] < 0 or timesteps[0] >= schedule.num_steps:
         raise ValueError(f"timesteps must lie in 0..{schedule.num_steps - 1}, got {timesteps}")
+    if posterior not in MODEL_POSTERIORS:
+        raise ValueError(f"posterior must be one of {MODEL_POSTERIORS}, got {posterior!r}")
     _check_seed(seed)
     prior = _check_prior(prior)
     with torch.no_grad():
@@ -162,10 +191,18 @@ def sample_chain(
         offset += y.numel()
         for t, s in zip(timesteps[:-1], timesteps[1:], strict=True):
             eps_hat = _denoise(denoise_fn, y, t)
+            if trace is not None:
+                trace(t, y, eps_hat)
             coef = _coef(*step_coefficients(schedule, sampler, t, s), y)
-            y = hidiff_kernels.bernoulli_step(y, eps_hat, prior, coef, _MODES[sampler], seed, offset)
+            if sampler == "ancestral" and posterior == "mixture":
+                mean = model_posterior_mean(y, calibrate(y, eps_hat), prior, coef[:, 0], coef[:, 1])
+                y = draw_bernoulli(mean.contiguous(), seed, offset)
+            else:
+                y = hidiff_kernels.bernoulli_step(y, eps_hat, prior, coef, _MODES[sampler], seed, offset)
             offset += y.numel()
         eps_hat = _denoise(denoise_fn, y, timesteps[-1])
+        if trace is not None:
+            trace(timesteps[-1], y, eps_hat)
         return calibrate(y, eps_hat).clamp(0.0, 1.0), offset
 
 
@@ -177,6 +214,7 @@ def sample(
     sampler: str = "ddim",
     samples: int = 1,
     seed: int = 0,
+    posterior: str = "mixture",
 ) -> Tensor:
     """Mean ``y0_hat`` of an ensemble of ``samples`` reverse runs.
 
@@ -191,6 +229,7 @@ def sample(
         sampler: ``"ddim"`` or ``"ancestral"``.
         samples: ensemble size >= 1.
         seed: counter RNG seed.
+        posterior: ``"mixture"`` or ``"plugin"``, see :func:`sample_chain`.
 
     Returns:
         float32 ``(B, K, H, W)`` in [0, 1].
@@ -202,7 +241,9 @@ def sample(
     timesteps = respace(schedule.num_steps, steps)
     total, offset = None, 0
     for _ in range(samples):
-        y0_hat, offset = sample_chain(denoise_fn, prior, schedule, timesteps, sampler, seed, offset)
+        y0_hat, offset = sample_chain(
+            denoise_fn, prior, schedule, timesteps, sampler, seed, offset, posterior=posterior
+        )
         total = y0_hat if total is None else total + y0_hat
     return total / samples
 

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from hidiff_kernels.nn import BinaryConv2d, BinaryLinear
 
-from .layers import BinaryBlock, ConcatLayer, DownBlock, Head, TimeEmbedding, UpBlock
+from .layers import BinaryBlock, ConcatLayer, DownBlock, Head, TimeEmbedding, UpBlock, flip_probability, flip_scale
 from .xformer import XFormer
 
 #: The refiner's input must be divisible by this (five stride-2 stages).
@@ -36,6 +36,11 @@ class BBDM(nn.Module):
         binary: binary refiner (BBDM) or its real-valued twin.
         xformer: fuse the H/32 feature with the X-Former (True) or with a concatenation layer
             like the shallower levels (the ablation without the X-Former).
+        prior_flip_rates: ``1 - abar_t`` for t = 0..T-1 selects the residual output
+            ``eps_hat = sigmoid(head + logit((1 - abar_t) |y_t - p|))`` around the prior-only Bayes
+            denoiser (see :func:`~hidiff.models.layers.flip_probability`); None gives the paper's
+            ``sigmoid(head)``. A plain tuple (configuration, not a weight): ``state_dict`` keys are
+            the same in both forms.
 
     Shapes:
         ``forward(image, y_t, prior, t, features)``: image float ``(B, Cimg, H, W)``, y_t and prior
@@ -55,6 +60,7 @@ class BBDM(nn.Module):
         cond_channels: Sequence[int] = (96, 192, 384, 768),
         binary: bool = True,
         xformer: bool = True,
+        prior_flip_rates: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         for name, value in (
@@ -67,6 +73,11 @@ class BBDM(nn.Module):
         cond_channels = tuple(cond_channels)
         if len(cond_channels) != 4 or not all(isinstance(c, int) and c > 0 for c in cond_channels):
             raise ValueError(f"cond_channels must be 4 positive ints (features at H/4..H/32), got {cond_channels!r}")
+        if prior_flip_rates is not None:
+            prior_flip_rates = tuple(float(r) for r in prior_flip_rates)
+            if not prior_flip_rates or not all(0.0 <= r <= 1.0 for r in prior_flip_rates):
+                raise ValueError(f"prior_flip_rates must be a non-empty sequence in [0, 1], got {prior_flip_rates!r}")
+        self.prior_flip_rates: tuple[float, ...] | None = prior_flip_rates
         self.image_channels = image_channels
         self.num_classes = num_classes
         self.model_channels = model_channels
@@ -116,8 +127,12 @@ class BBDM(nn.Module):
         return (
             f"image_channels={self.image_channels}, num_classes={self.num_classes}, "
             f"model_channels={self.model_channels}, cond_channels={self.cond_channels}, binary={self.binary}, "
-            f"xformer={self.use_xformer}"
+            f"xformer={self.use_xformer}, residual={self.prior_flip_rates is not None}"
         )
+
+    def flip_scale(self, t: Tensor) -> Tensor | None:
+        """float32 ``(B,)`` ``1 - abar_t`` of the residual form for timesteps ``t`` ``(B,)`` (None: paper form)."""
+        return flip_scale(self.prior_flip_rates, t)
 
     def parameter_breakdown(self) -> dict[str, int]:
         """Parameter counts: ``total``, ``binary_conv`` and ``binary_linear`` (weights of the binary
@@ -185,4 +200,4 @@ class BBDM(nn.Module):
             (self.up5, self.merge5),
         ):
             h = merge(torch.cat([up(h, emb), skips.pop()], dim=1), emb)
-        return self.head(h)
+        return flip_probability(self.head(h), y_t, prior, self.flip_scale(t))

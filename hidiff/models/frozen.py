@@ -51,7 +51,7 @@ from hidiff_kernels.ops import time_activation
 from hidiff_kernels.reference import sign_pm1
 
 from .bbdm import BBDM, SIZE_DIVISOR
-from .layers import BinaryBlock, ConcatLayer, DownBlock, Head, ResBlock
+from .layers import BinaryBlock, ConcatLayer, DownBlock, Head, ResBlock, flip_probability, flip_scale
 from .xformer import (
     ATTENTION_THRESHOLD,
     CenteredBinaryLinear,
@@ -501,14 +501,14 @@ def _check_timesteps(timesteps: Sequence[int]) -> tuple[int, ...]:
 
 
 class FrozenHead(nn.Module):
-    """:class:`~hidiff.models.layers.Head` (GroupNorm -> SiLU -> conv3x3 ``C -> K`` -> sigmoid) for few outputs.
+    """:class:`~hidiff.models.layers.Head` (GroupNorm -> SiLU -> conv3x3 ``C -> K``, logits) for few outputs.
 
     A 3x3 convolution to K = 1 or a few channels is a poor fit for GEMM-based convolution kernels
     (oneDNN ran 128 -> 1 at 256x256 at a few GMAC/s, the cost of a whole binary block). Here one
     GEMM ``(9K, C) x (C, H*W)`` computes every tap's per-pixel products, reading the activation
     once, and the nine shifted tap maps are summed with zero padding: the same convolution, summed
     in another order (float rounding differs in the last bits). Same submodules and ``state_dict``
-    keys as the Head it copies. Shapes: ``(B, C, H, W) -> (B, K, H, W)`` in (0, 1).
+    keys as the Head it copies. Shapes: ``(B, C, H, W) -> (B, K, H, W)``.
     """
 
     def __init__(self, head: Head) -> None:
@@ -533,7 +533,7 @@ class FrozenHead(nn.Module):
         for kh in range(3):
             for kw in range(3):
                 out = out + padded[:, kh, kw, :, kh : kh + height, kw : kw + width]
-        return torch.sigmoid(out)
+        return out
 
 
 class FrozenBBDM(nn.Module):
@@ -567,6 +567,7 @@ class FrozenBBDM(nn.Module):
         self.cond_channels = tuple(refiner.cond_channels)
         self.binary = refiner.binary
         self.use_xformer = refiner.use_xformer
+        self.prior_flip_rates = refiner.prior_flip_rates
         self.frozen_timesteps = timesteps
         device = refiner.input_conv.weight.device
         with torch.no_grad():
@@ -606,6 +607,7 @@ class FrozenBBDM(nn.Module):
             "cond_channels": list(self.cond_channels),
             "binary": self.binary,
             "xformer": self.use_xformer,
+            "prior_flip_rates": None if self.prior_flip_rates is None else list(self.prior_flip_rates),
             "timesteps": list(self.frozen_timesteps),
         }
 
@@ -833,7 +835,8 @@ class FrozenBBDM(nn.Module):
             following = pairs[i + 1][0].thresholds(idx) if i + 1 < len(pairs) else None
             pair_mean = cache.buffer(f"merge{i}", (batch, merge.out_channels, height, width), skip)
             h, h_in = merge(merge_in, _pair_mean_of_concat(h, skip, pair_mean), idx, following)
-        return self.head(h)
+        scale = flip_scale(self.prior_flip_rates, self.timesteps[idx])
+        return flip_probability(self.head(h), y_t, prior, scale)
 
     def forward(self, image: Tensor, y_t: Tensor, prior: Tensor, t: Tensor | int, features: Sequence[Tensor]) -> Tensor:
         """``step(prepare(image, features), y_t, prior, t)``: BBDM's call signature."""

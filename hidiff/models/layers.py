@@ -222,11 +222,58 @@ class ConcatLayer(nn.Module):
         return self.block(torch.cat([h, self.condition(feature, emb)], dim=1), emb)
 
 
-class Head(nn.Module):
-    """Full-precision output head: GroupNorm -> SiLU -> zero-initialised conv3x3 ``C -> K`` -> sigmoid.
+#: Floor (and 1 - ceiling) of the prior-only flip rate before its logit: a pixel the segmentor is
+#: sure of starts at a flip logit of about -9.2, which training can still move.
+PRIOR_RATE_FLOOR = 1e-4
 
-    The zero-initialised conv makes the output exactly 0.5 at init. Shapes:
-    ``(B, C, H, W) -> (B, K, H, W)`` in (0, 1).
+
+def flip_probability(logits: Tensor, y_t: Tensor, prior: Tensor, flip_scale: Tensor | None) -> Tensor:
+    """The refiner's output ``eps_hat`` from its head logits.
+
+    ``flip_scale`` None (the paper's form): ``sigmoid(logits)``. Otherwise the residual form
+    ``sigmoid(logits + logit(r))`` with ``r = (1 - abar_t) |y_t - p|``, the flip rate of the
+    prior-only Bayes denoiser (:func:`hidiff.diffusion.prior_flip_rate`), clamped to
+    ``[1e-4, 1 - 1e-4]``: a zero head is then exactly that denoiser (the sampler's ensemble mean
+    reproduces the prior), and training learns corrections in logit space.
+
+    Args:
+        logits: float ``(B, K, H, W)`` head output.
+        y_t, prior: float, logits' shape (y_t in {0, 1}, prior in [0, 1]).
+        flip_scale: float ``(B,)`` ``1 - abar_t`` per sample, or None.
+
+    Returns:
+        float ``(B, K, H, W)`` in (0, 1).
+    """
+    if flip_scale is None:
+        return torch.sigmoid(logits)
+    rate = (flip_scale.to(logits.dtype).view(-1, 1, 1, 1) * (y_t - prior).abs()).clamp(
+        PRIOR_RATE_FLOOR, 1 - PRIOR_RATE_FLOOR
+    )
+    return torch.sigmoid(logits + torch.logit(rate))
+
+
+def flip_scale(prior_flip_rates: tuple[float, ...] | None, t: Tensor) -> Tensor | None:
+    """float32 ``(B,)`` ``1 - abar_t`` for integer timesteps ``t`` ``(B,)`` from the table ``prior_flip_rates``.
+
+    Returns None when the table is None (the paper's output form).
+
+    Raises:
+        ValueError: a timestep outside ``0 .. len(prior_flip_rates) - 1``.
+    """
+    if prior_flip_rates is None:
+        return None
+    index = t.long()
+    steps = len(prior_flip_rates)
+    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= steps):
+        raise ValueError(f"t must lie in 0..{steps - 1} (the refiner's prior_flip_rates), got {t.tolist()}")
+    return torch.tensor(prior_flip_rates, dtype=torch.float32, device=t.device)[index]
+
+
+class Head(nn.Module):
+    """Full-precision output head: GroupNorm -> SiLU -> zero-initialised conv3x3 ``C -> K`` (flip logits).
+
+    The zero-initialised conv makes the logits exactly 0 at init; :func:`flip_probability` turns
+    them into ``eps_hat``. Shapes: ``(B, C, H, W) -> (B, K, H, W)``.
     """
 
     def __init__(self, channels: int, num_classes: int) -> None:
@@ -235,4 +282,4 @@ class Head(nn.Module):
         self.conv = zero_module(nn.Conv2d(channels, num_classes, 3, padding=1))
 
     def forward(self, h: Tensor) -> Tensor:
-        return torch.sigmoid(self.conv(F.silu(self.norm(h))))
+        return self.conv(F.silu(self.norm(h)))

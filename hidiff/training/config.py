@@ -26,6 +26,13 @@ A configuration file has five sections and one top-level key; every key is optio
       sampler: ddim           # sampler used by validation: "ddim" or "ancestral"
       sample_steps: null      # respaced number of sampling steps at validation (null: all T)
       ensemble: 1             # samples averaged per image at validation
+      parameterization: residual  # refiner output: "residual" (logit correction of the prior-only Bayes
+                                  # denoiser (1 - abar_t)|y_t - p|) or "direct" (the paper's sigmoid(head))
+      focal_gamma: 0.0        # eps loss: 0 is BCE (a proper scoring rule, calibrated eps_hat); the paper's focal: 2
+      focal_weight: 1.0       # lambda_focal, the weight of the eps loss
+      first_step_term: y0_hat # t = 0 term: NLL of y0 under "y0_hat" (public code) or the "posterior" (Eq. 7)
+      model_posterior: mixture  # p(y_{t-1} | y_t) from y0_hat in the KL and the ancestral sampler: "mixture" of
+                                # the exact posteriors (Bayes) or the paper's "plugin" into Eq. 7
     optim:
       lr: 1.0e-4              # AdamW learning rate (YAML needs the "1.0e-4" form; "1e-4" strings are accepted too)
       weight_decay: 0.01
@@ -121,6 +128,11 @@ class DiffusionConfig:
     sampler: str = "ddim"
     sample_steps: int | None = None
     ensemble: int = 1
+    parameterization: str = "residual"
+    focal_gamma: float = 0.0
+    focal_weight: float = 1.0
+    first_step_term: str = "y0_hat"
+    model_posterior: str = "mixture"
 
     def __post_init__(self) -> None:
         _require(self.num_steps > 0, f"diffusion.num_steps must be > 0, got {self.num_steps}")
@@ -133,6 +145,20 @@ class DiffusionConfig:
             f"diffusion.sample_steps must be null or in 1..num_steps={self.num_steps}, got {self.sample_steps}",
         )
         _require(self.ensemble > 0, f"diffusion.ensemble must be > 0, got {self.ensemble}")
+        _require(
+            self.parameterization in ("residual", "direct"),
+            f"diffusion.parameterization must be 'residual' or 'direct', got {self.parameterization}",
+        )
+        _require(self.focal_gamma >= 0, f"diffusion.focal_gamma must be >= 0, got {self.focal_gamma}")
+        _require(self.focal_weight >= 0, f"diffusion.focal_weight must be >= 0, got {self.focal_weight}")
+        _require(
+            self.first_step_term in ("y0_hat", "posterior"),
+            f"diffusion.first_step_term must be 'y0_hat' or 'posterior', got {self.first_step_term}",
+        )
+        _require(
+            self.model_posterior in ("mixture", "plugin"),
+            f"diffusion.model_posterior must be 'mixture' or 'plugin', got {self.model_posterior}",
+        )
 
 
 @dataclass

@@ -16,7 +16,7 @@ from .config import TrainingConfig
 from .seeding import derive_seed, seed_everything
 from .trainer import Trainer
 
-__all__ = ["build_datasets", "build_model", "dataset_kwargs", "run_training"]
+__all__ = ["RUN_FILES", "build_datasets", "build_model", "dataset_kwargs", "prepare_output_dir", "run_training"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +43,20 @@ def build_datasets(config: TrainingConfig) -> tuple[Dataset, Dataset | None]:
 def build_model(config: TrainingConfig, in_channels: int, num_classes: int) -> HiDiff:
     """HiDiff from ``config.model`` and ``config.diffusion`` for images of `in_channels` and `num_classes` classes.
 
-    The refiner's condition channels are the segmentor's ``feature_channels``.
+    The refiner's condition channels are the segmentor's ``feature_channels``; with
+    ``diffusion.parameterization: residual`` it gets the schedule's ``1 - abar_t`` as its
+    ``prior_flip_rates``.
     """
-    model = config.model
+    model, diffusion_config = config.model, config.diffusion
+    diffusion = BernoulliDiffusion(
+        num_steps=diffusion_config.num_steps,
+        schedule=diffusion_config.schedule,
+        focal_gamma=diffusion_config.focal_gamma,
+        focal_weight=diffusion_config.focal_weight,
+        first_step_term=diffusion_config.first_step_term,
+        model_posterior=diffusion_config.model_posterior,
+    )
+    residual = diffusion_config.parameterization == "residual"
     segmentor = build_segmentor(
         model.segmentor, in_channels=in_channels, num_classes=num_classes, **model.segmentor_kwargs
     )
@@ -56,14 +67,59 @@ def build_model(config: TrainingConfig, in_channels: int, num_classes: int) -> H
         cond_channels=segmentor.feature_channels,
         binary=model.binary,
         xformer=model.xformer,
+        prior_flip_rates=diffusion.flip_scales if residual else None,
         **model.refiner_kwargs,
     )
-    diffusion = BernoulliDiffusion(num_steps=config.diffusion.num_steps, schedule=config.diffusion.schedule)
     return HiDiff(segmentor, refiner, diffusion)
 
 
+RUN_FILES = (
+    "config.yaml",
+    "latest.pt",
+    "best.pt",
+    "losses.csv",
+    "losses.jsonl",
+    "validation.jsonl",
+    "loss_curves.png",
+)
+"""The files a training run writes into its output directory."""
+
+
+def prepare_output_dir(output_dir: str | Path, resume: str | Path | None, overwrite: bool) -> None:
+    """Refuses to start a new run over an earlier one, unless resuming it or told to overwrite it.
+
+    Args:
+        output_dir: the run's output directory.
+        resume: the checkpoint the run continues from, if any (its directory's files are then the run's own).
+        overwrite: delete the earlier run's files (:data:`RUN_FILES`) and start afresh.
+
+    Raises:
+        FileExistsError: when `output_dir` holds a run, `resume` is None and `overwrite` is False.
+        NotADirectoryError: when `output_dir` exists and is not a directory.
+    """
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise NotADirectoryError(f"output_dir {str(output_dir)!r} exists and is not a directory")
+    existing = [output_dir / name for name in RUN_FILES if (output_dir / name).exists()]
+    if not existing or resume is not None:
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"output_dir {str(output_dir)!r} already holds a run ({', '.join(p.name for p in existing)}); "
+            "continue it with --resume <output_dir>/latest.pt, choose another output_dir, or pass --overwrite "
+            "to replace it"
+        )
+    for path in existing:
+        # Every process of a torchrun launch may get here before any has joined the group.
+        path.unlink(missing_ok=True)
+    logger.warning("overwriting the run in %s", output_dir)
+
+
 def run_training(
-    config: TrainingConfig, resume: str | Path | None = None, device: str | torch.device | None = None
+    config: TrainingConfig,
+    resume: str | Path | None = None,
+    device: str | torch.device | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Trains HiDiff as configured: segmentor pre-training, then alternate-collaborative training.
 
@@ -74,10 +130,18 @@ def run_training(
         config: the run's configuration.
         resume: a checkpoint (e.g. ``<output_dir>/latest.pt``) to continue from; the phases continue from its steps.
         device: where to train (default: ``cuda:LOCAL_RANK`` when CUDA is available, else CPU).
+        overwrite: start afresh in an output directory that holds an earlier run, deleting that run's files.
+            Without it (and without `resume`) such a directory is refused, so no run is lost by mistake.
 
     Returns:
         The output directory.
+
+    Raises:
+        FileExistsError: when ``config.output_dir`` holds a run and neither `resume` nor `overwrite` is given.
+        ValueError: when the checkpoint to resume does not fit the configured model.
     """
+    # Checked before any work, so a refusal costs nothing.
+    prepare_output_dir(config.output_dir, resume, overwrite)
     owns_group = not torch.distributed.is_initialized()
     info = distributed.init_distributed(device=device)
     try:
@@ -87,7 +151,14 @@ def run_training(
         model = build_model(config, train_set.in_channels, train_set.num_classes)
         trainer = Trainer(config, model, train_set, val_set, device=info.device)
         if resume is not None:
-            trainer.resume(resume)
+            try:
+                trainer.resume(resume)
+            except RuntimeError as error:  # load_state_dict: missing, unexpected or mis-shaped weights
+                detail = str(error).strip().splitlines()
+                raise ValueError(
+                    f"cannot resume from {resume}: its weights do not fit the configured model "
+                    f"({' '.join(line.strip() for line in detail[:3])})"
+                ) from error
         trainer.pretrain_segmentor()
         trainer.train_alternate()
         if trainer.is_main:

@@ -55,6 +55,7 @@ A configuration file has five sections and one top-level key; every key is optio
       best_metric: dice            # validation metric that selects best.pt ...
       best_mode: max               # ... "max" or "min"
       eval_ema: true               # validate with the EMA weights of the refiner
+      diagnostics_images: 32       # validation images for the refiner's calibration figures (0: none)
       seed: 0
       deterministic: false         # torch.use_deterministic_algorithms (exact resumption on CUDA)
       find_unused_parameters: false  # DistributedDataParallel's option, for models with unused branches
@@ -212,12 +213,19 @@ class TrainConfig:
     best_metric: str = "dice"
     best_mode: str = "max"
     eval_ema: bool = True
+    diagnostics_images: int = 32
     seed: int = 0
     deterministic: bool = False
     find_unused_parameters: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("pretrain_iterations", "alternate_iterations", "eval_interval", "checkpoint_interval"):
+        for name in (
+            "pretrain_iterations",
+            "alternate_iterations",
+            "eval_interval",
+            "checkpoint_interval",
+            "diagnostics_images",
+        ):
             _require(getattr(self, name) >= 0, f"train.{name} must be >= 0, got {getattr(self, name)}")
         _require(self.log_interval > 0, f"train.log_interval must be > 0, got {self.log_interval}")
         _require(self.best_mode in ("max", "min"), f"train.best_mode must be 'max' or 'min', got {self.best_mode}")

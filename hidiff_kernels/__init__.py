@@ -37,9 +37,22 @@ else:
 
 ops.register_reference_fallbacks()
 
+
+def clear_output_cache() -> None:
+    """Frees the blocks the compiled CPU kernels keep for reuse by large (>= 8 MiB) float outputs.
+
+    The cache keeps at most 512 MiB (least recently released blocks are freed first); this returns all of
+    it to the system, e.g. after a large inference. Outputs still alive are not affected. A no-op without
+    the compiled kernels.
+    """
+    if _C is not None:
+        _C.clear_output_cache()
+
+
 __all__ = [
     "COMPILED",
     "bernoulli_step",
+    "clear_output_cache",
     "binarize_pack",
     "binary_conv2d",
     "binary_conv2d_fused",

@@ -22,7 +22,9 @@ import contextlib
 import fnmatch
 import logging
 import math
-from collections.abc import Iterable, Iterator
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from typing import Generic, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +36,7 @@ from .reference import sign_pm1
 logger = logging.getLogger(__name__)
 
 _Pair = tuple[int, int]
+_Packed = TypeVar("_Packed")
 
 
 class ApproxSign(torch.autograd.Function):
@@ -100,31 +103,45 @@ def _weight_scale(weight: Tensor) -> Tensor:
     return weight.detach().abs().flatten(1).mean(1)
 
 
-class _PackedWeightCache:
-    """Packed weights and their scale, recomputed only when the weight tensor changes.
+class PackedWeightCache(Generic[_Packed]):
+    """A value computed from a weight tensor (its packed bits and scale), recomputed only when the weight changes.
 
     A change is an in-place update (optimizer step, ``load_state_dict``, any in-place op under
-    ``torch.no_grad()``: the version counter moves) or a new tensor (``.to()``, parameter
-    reassignment: the storage moves). Writes through ``weight.data`` bypass the version counter
-    and are not seen: call :meth:`clear` after them. Inference tensors have no version counter,
-    so their weights are packed on every call.
+    ``torch.no_grad()``: the version counter moves), new storage (``.to()``: the data pointer moves) or
+    another tensor (parameter reassignment: the cache holds a weak reference to the tensor it packed, so
+    a new ``nn.Parameter`` is recognised even where it reuses the freed memory of the old one). Writes
+    through ``weight.data`` bypass the version counter and are not seen: call :meth:`clear` after them.
+    Inference tensors have no version counter, so their weights are packed on every call, and so are
+    weights under ``torch.compile`` (the compiled graph packs them itself).
+
+    Args:
+        pack: computes the value from the detached weight (called under ``torch.no_grad()``).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, pack: Callable[[Tensor], _Packed]) -> None:
+        self._pack = pack
+        self._weight: weakref.ref[Tensor] | None = None
         self._key: tuple | None = None
-        self._value: tuple[list[Tensor], Tensor] | None = None
+        self._value: _Packed | None = None
 
     def clear(self) -> None:
+        """Drops the cached value."""
+        self._weight = None
         self._key = None
         self._value = None
 
-    def get(self, weight: Tensor, groups: int) -> tuple[list[Tensor], Tensor]:
-        version = None if weight.is_inference() else weight._version
-        key = (weight.data_ptr(), version, weight.device, weight.dtype, tuple(weight.shape), groups)
-        if version is None or key != self._key or self._value is None:
+    def get(self, weight: Tensor) -> _Packed:
+        """The value for ``weight``, from the cache when ``weight`` is the tensor last packed and is unchanged."""
+        if torch.compiler.is_compiling():
             with torch.no_grad():
-                packed = [ops.pack_weight(chunk) for chunk in weight.detach().chunk(groups, dim=0)]
-                self._value = (packed, _weight_scale(weight).float())
+                return self._pack(weight.detach())
+        version = None if weight.is_inference() else weight._version
+        key = (weight.data_ptr(), version, weight.device, weight.dtype, tuple(weight.shape))
+        cached = self._weight() if self._weight is not None else None
+        if version is None or cached is not weight or key != self._key or self._value is None:
+            with torch.no_grad():
+                self._value = self._pack(weight.detach())
+            self._weight = weakref.ref(weight)
             self._key = key
         return self._value
 
@@ -154,11 +171,18 @@ class _BinaryLayer(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self._packed = _PackedWeightCache()
+        self._packed: PackedWeightCache[tuple[list[Tensor], Tensor]] = PackedWeightCache(self._pack_weight)
 
     def clear_packed_cache(self) -> None:
         """Drops the cached packed weights (needed only after writes through ``weight.data``)."""
         self._packed.clear()
+
+    def _pack_weight(self, weight: Tensor) -> tuple[list[Tensor], Tensor]:
+        """The packed weights of each group (``(O/groups, KH, KW, words)``) and the scale ``(O,)`` float32."""
+        groups = getattr(self, "groups", 1)
+        conv_weight = weight if weight.dim() == 4 else weight[:, :, None, None]
+        packed = [ops.pack_weight(chunk) for chunk in conv_weight.chunk(groups, dim=0)]
+        return packed, _weight_scale(weight).float()
 
     def _use_packed_kernels(self, x: Tensor, threshold: Tensor | None) -> bool:
         """Packed kernels unless training, or unless autograd needs the straight-through graph."""
@@ -312,7 +336,7 @@ class BinaryConv2d(_BinaryLayer):
         return out
 
     def _forward_packed(self, x: Tensor, threshold: Tensor | None) -> Tensor:
-        packed, scale = self._packed.get(self.weight, self.groups)
+        packed, scale = self._packed.get(self.weight)
         bias = self.bias.detach().float() if self.bias is not None else None
         per_group_in = self.in_channels // self.groups
         per_group_out = self.out_channels // self.groups
@@ -424,7 +448,7 @@ class BinaryLinear(_BinaryLayer):
 
     def _packed_weight(self) -> tuple[Tensor, Tensor]:
         """The packed ``(O, 1, 1, words)`` weights and their per-row scale (subclasses change the weights)."""
-        (w_packed,), scale = self._packed.get(self.weight[:, :, None, None], 1)
+        (w_packed,), scale = self._packed.get(self.weight)
         return w_packed, scale
 
     def _forward_packed(self, x: Tensor, threshold: Tensor | None) -> Tensor:

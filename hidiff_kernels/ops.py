@@ -10,6 +10,7 @@ kernels; the compiled kernels repeat them in C++ because they guard raw memory a
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -45,6 +46,10 @@ for _name, _schema in SCHEMAS.items():
 REFERENCE_SERVED: set[tuple[str, str]] = set()
 
 IntPair = int | Sequence[int]
+
+# Largest stride, padding and dilation: sizes computed from them stay far inside int64.
+MAX_GEOMETRY = 2**31 - 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 # --- argument checks -------------------------------------------------------------------------
@@ -122,8 +127,8 @@ def check_binary_conv2d_args(
     _check_packed(x_packed, "x_packed", "(N, H, W, words)")
     _check_packed(w_packed, "w_packed", "(O, KH, KW, words)")
     _check_same_device(w_packed, "w_packed", x_packed, "x_packed")
-    if in_channels <= 0:
-        raise ValueError(f"in_channels must be positive, got {in_channels}")
+    if not 0 < in_channels <= MAX_GEOMETRY:
+        raise ValueError(f"in_channels must be positive and at most {MAX_GEOMETRY}, got {in_channels}")
     words = reference.packed_words(in_channels)
     if x_packed.shape[3] != words:
         raise ValueError(
@@ -131,12 +136,13 @@ def check_binary_conv2d_args(
         )
     if w_packed.shape[3] != words:
         raise ValueError(f"w_packed has {w_packed.shape[3]} words per tap but in_channels={in_channels} needs {words}")
-    if len(stride) != 2 or min(stride) <= 0:
-        raise ValueError(f"stride must be two positive ints, got {list(stride)}")
-    if len(padding) != 2 or min(padding) < 0:
-        raise ValueError(f"padding must be two non-negative ints, got {list(padding)}")
-    if len(dilation) != 2 or min(dilation) <= 0:
-        raise ValueError(f"dilation must be two positive ints, got {list(dilation)}")
+    for name, pair, kind, low in (
+        ("stride", stride, "positive", 1),
+        ("padding", padding, "non-negative", 0),
+        ("dilation", dilation, "positive", 1),
+    ):
+        if len(pair) != 2 or not all(low <= v <= MAX_GEOMETRY for v in pair):
+            raise ValueError(f"{name} must be two {kind} ints in [{low}, {MAX_GEOMETRY}], got {list(pair)}")
     n, h, w = x_packed.shape[0], x_packed.shape[1], x_packed.shape[2]
     o, kh, kw = w_packed.shape[0], w_packed.shape[1], w_packed.shape[2]
     if kh == 0 or kw == 0:
@@ -145,6 +151,11 @@ def check_binary_conv2d_args(
         raise ValueError(f"in_channels * KH * KW must be below 2^31, got {in_channels} * {kh} * {kw}")
     ho = conv_output_size(h, kh, stride[0], padding[0], dilation[0])
     wo = conv_output_size(w, kw, stride[1], padding[1], dilation[1])
+    if ho > MAX_GEOMETRY or wo > MAX_GEOMETRY:
+        raise ValueError(
+            f"binary_conv2d output would be {ho}x{wo}, more than {MAX_GEOMETRY} rows or columns: input {h}x{w}, "
+            f"padding {list(padding)}, stride {list(stride)}"
+        )
     if ho <= 0 or wo <= 0:
         raise ValueError(
             f"binary_conv2d output would be empty: input {h}x{w}, kernel {kh}x{kw}, "
@@ -219,6 +230,15 @@ def check_time_activation_args(u: Tensor, gamma: Tensor, zeta: Tensor, beta: Ten
         raise ValueError(f"beta must have shape (C,) = ({c},), got {tuple(beta.shape)}")
 
 
+def _max_offset(y_t: Tensor) -> int:
+    # The counters offset + i of the elements (i < numel) must stay below 2^63.
+    return INT64_MAX - max(y_t.numel() - 1, 0)
+
+
+def _offset_range(y_t: Tensor) -> str:
+    return f"non-negative and at most 2^63 - y_t.numel() = {_max_offset(y_t)}"
+
+
 def check_bernoulli_step_args(
     y_t: Tensor, eps_hat: Tensor, prior: Tensor, coef: Tensor, mode: str, seed: int, offset: int
 ) -> None:
@@ -238,8 +258,10 @@ def check_bernoulli_step_args(
         raise ValueError(f"coef must have shape (N, 2) = ({y_t.shape[0]}, 2), got {tuple(coef.shape)}")
     if mode not in reference.BERNOULLI_MODES:
         raise ValueError(f"mode must be one of {reference.BERNOULLI_MODES}, got {mode!r}")
-    if offset < 0:
-        raise ValueError(f"offset must be non-negative, got {offset}")
+    if not INT64_MIN <= seed <= INT64_MAX:
+        raise ValueError(f"seed must be in [-2^63, 2^63 - 1], got {seed}")
+    if not 0 <= offset <= _max_offset(y_t):
+        raise ValueError(f"offset must be {_offset_range(y_t)}, got {offset}")
 
 
 # --- fake kernels ----------------------------------------------------------------------------
@@ -330,12 +352,12 @@ def _time_activation_backward(ctx, grad: Tensor):
     extra = (1,) * (u.dim() - 2)
     g = gamma.reshape(*gamma.shape, *extra)
     above = u > g
-    slope = torch.where(above, torch.ones_like(u), beta.reshape(1, -1, *extra).to(u.dtype))
+    grad_u = torch.where(above, grad, grad * beta.reshape(1, -1, *extra).to(u.dtype))
     spatial = tuple(range(2, u.dim()))
-    grad_u = grad * slope
     grad_gamma = -grad_u.sum(spatial) if spatial else -grad_u
     grad_zeta = grad.sum(spatial) if spatial else grad
-    below_part = torch.where(above, torch.zeros_like(u), u - g)
+    # u - g clamped at 0 from above is the below-threshold part, 0 where u > g, without a zero-filled temporary.
+    below_part = (u - g).clamp_(max=0)
     grad_beta = (grad * below_part).sum((0, *spatial))
     return grad_u, grad_gamma.to(gamma.dtype), grad_zeta.to(gamma.dtype), grad_beta.to(beta.dtype)
 
@@ -434,12 +456,47 @@ def register_reference_fallbacks() -> None:
 # --- public wrappers -------------------------------------------------------------------------
 
 
-def as_pair(value: IntPair, name: str) -> tuple[int, int]:
-    """``3 -> (3, 3)``, ``(1, 2) -> (1, 2)``; anything else raises a ValueError naming ``name``."""
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) for v in pair):
-        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
-    return pair  # type: ignore[return-value]
+def as_int(value: object, name: str, low: int, high: int, accepted: str | None = None) -> int:
+    """``value`` as a Python int in [low, high] (numpy and 0-d integer tensors are accepted; bool and float are not).
+
+    Args:
+        accepted: how the error messages describe the accepted values (default: "an int in [low, high]").
+
+    Raises:
+        TypeError: when ``value`` is not an integer, naming ``name``.
+        ValueError: when it is out of range, naming ``name``, the value and the range.
+    """
+    accepted = accepted or f"an int in [{low}, {high}]"
+    if isinstance(value, bool) or (isinstance(value, Tensor) and value.dtype.is_floating_point):
+        raise TypeError(f"{name} must be {accepted}, got {value!r}")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be {accepted}, got {value!r}") from None
+    if not low <= number <= high:
+        raise ValueError(f"{name} must be {accepted}, got {number}")
+    return number
+
+
+def as_pair(value: IntPair, name: str, low: int = INT64_MIN, high: int = INT64_MAX) -> tuple[int, int]:
+    """``3 -> (3, 3)``, ``(1, 2) -> (1, 2)``, each an int in [low, high].
+
+    Raises:
+        TypeError / ValueError naming ``name``, the value and the accepted range for anything else.
+    """
+    expected = f"{name} must be an int or a pair of ints in [{low}, {high}], got {value!r}"
+    if isinstance(value, (str, bytes)):
+        raise TypeError(expected)
+    try:
+        items = list(value)  # type: ignore[arg-type]
+    except TypeError:  # a single number (int, numpy integer, 0-d tensor, or something to reject below)
+        items = [value, value]
+    if len(items) != 2:
+        raise ValueError(expected)
+    try:
+        return as_int(items[0], name, low, high), as_int(items[1], name, low, high)
+    except (TypeError, ValueError) as error:
+        raise type(error)(expected) from None
 
 
 def binarize_pack(x: Tensor, threshold: Tensor | None = None) -> Tensor:
@@ -493,7 +550,7 @@ def binary_conv2d(
     return torch.ops.hidiff.binary_conv2d(
         x_packed,
         w_packed,
-        in_channels,
+        as_int(in_channels, "in_channels", INT64_MIN, INT64_MAX),
         as_pair(stride, "stride"),
         as_pair(padding, "padding"),
         as_pair(dilation, "dilation"),
@@ -542,7 +599,7 @@ def binary_conv2d_fused(
     return torch.ops.hidiff.binary_conv2d_fused(
         x_packed,
         w_packed,
-        in_channels,
+        as_int(in_channels, "in_channels", INT64_MIN, INT64_MAX),
         as_pair(stride, "stride"),
         as_pair(padding, "padding"),
         as_pair(dilation, "dilation"),
@@ -602,10 +659,16 @@ def bernoulli_step(
         prior: float32, y_t's shape: segmentor prior in [0, 1].
         coef: float32 ``(N, 2)`` per-sample step coefficients (see above).
         mode: ``"posterior"`` or ``"ddim"``.
-        seed: an int64 (-2^63 .. 2^63 - 1); its two's-complement bits are the 64-bit Philox key.
-        offset: non-negative counter offset.
+        seed: an int in [-2^63, 2^64 - 1]: its value modulo 2^64 is the 64-bit Philox key (so ``s`` and
+            ``s - 2^64`` give the same samples; the op itself takes the int64 two's-complement form).
+        offset: counter offset in [0, 2^63 - y_t.numel()].
 
     Returns:
         float32 tensor of y_t's shape with values in {0, 1} (contiguous).
     """
-    return torch.ops.hidiff.bernoulli_step(y_t, eps_hat, prior, coef, mode, seed, offset)
+    key = as_int(seed, "seed", INT64_MIN, 2**64 - 1)
+    if key > INT64_MAX:
+        key -= 2**64
+    return torch.ops.hidiff.bernoulli_step(
+        y_t, eps_hat, prior, coef, mode, key, as_int(offset, "offset", 0, _max_offset(y_t), _offset_range(y_t))
+    )

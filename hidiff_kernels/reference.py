@@ -48,20 +48,31 @@ def unpack_bits(packed: Tensor, channels: int) -> Tensor:
     return bits.flatten(-2)[..., :channels].bool()
 
 
-def _threshold_view(threshold: Tensor | None, x: Tensor) -> Tensor:
+def compare_dtype(x: Tensor) -> torch.dtype:
+    """The dtype in which ``x`` is compared with its threshold: float64 for float64 input, else float32.
+
+    float32 holds every float16/bfloat16 value exactly; rounding float64 to float32 would not (1e-300 would become 0).
+    """
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def threshold_view(threshold: Tensor | None, x: Tensor) -> Tensor:
+    """The threshold (None = 0, ``(C,)`` or ``(N, C)``) in :func:`compare_dtype`, broadcastable against NCHW ``x``."""
+    dtype = compare_dtype(x)
     if threshold is None:
-        return torch.zeros((), dtype=torch.float32, device=x.device)
+        return torch.zeros((), dtype=dtype, device=x.device)
     if threshold.dim() == 1:
-        return threshold.float().view(1, -1, 1, 1)
-    return threshold.float().view(threshold.shape[0], threshold.shape[1], 1, 1)
+        return threshold.to(dtype).view(1, -1, 1, 1)
+    return threshold.to(dtype).view(threshold.shape[0], threshold.shape[1], 1, 1)
 
 
 def binarize_pack(x: Tensor, threshold: Tensor | None = None) -> Tensor:
     """Fused TB + sign + packing: float ``(N, C, H, W)`` -> int32 ``(N, H, W, ceil(C/32))``.
 
-    The comparison is made in float32. ``threshold`` is None (0), ``(C,)`` or ``(N, C)``.
+    The comparison is made in :func:`compare_dtype` (float64 for float64 input, else float32), with the threshold
+    cast to it. ``threshold`` is None (0), ``(C,)`` or ``(N, C)``.
     """
-    minus_one = ~(x.float() > _threshold_view(threshold, x))
+    minus_one = ~(x.to(compare_dtype(x)) > threshold_view(threshold, x))
     return pack_bits(minus_one.permute(0, 2, 3, 1))
 
 

@@ -106,13 +106,13 @@ def test_binarize_pack_layouts_and_dtypes(launch, device, shape):
         assert_same(launch.binarize_pack(xd.to(dtype)), reference.binarize_pack(x.to(dtype)))
 
 
-def test_binarize_pack_float64_rounds_to_float32_first(launch, device):
-    # 1e-9 > 0 in float64 but also in float32; 1e-50 rounds to 0 in float32, hence -1, as in the reference.
+def test_binarize_pack_float64_compares_in_float64(launch, device):
+    # 1e-50 > 0 in float64 (it would round to 0, hence -1, in float32): +1, as in the reference.
     x = torch.tensor([1e-9, 1e-50, -1e-50, 0.0], dtype=torch.float64).view(1, 4, 1, 1)
     (xd,) = on(device, x)
     out = launch.binarize_pack(xd)
     assert_same(out, reference.binarize_pack(x))
-    assert out.item() == 0b1110
+    assert out.item() == 0b1100
 
 
 def test_binarize_pack_empty_and_errors(launch, device):

@@ -72,6 +72,12 @@ struct ConvPlan {
   std::vector<uint8_t> col_valid;    // Wo * KW: kernel column kw is inside for output column ow
   std::vector<uint8_t> row_full;     // Ho: every kernel row inside
   std::vector<int32_t> tap_popcount; // O * KH * KW: set bits of each weight tap
+  // The weights with the unused high bits of every tap's last word cleared, when the caller's had any set (else
+  // empty, and the caller's weights are used as they are). Stray bits would count as disagreements.
+  std::vector<uint32_t> masked_weights;
+
+  // The weights the tiles read: masked_weights if the plan made them, else w.
+  const uint32_t* weights(const uint32_t* w) const { return masked_weights.empty() ? w : masked_weights.data(); }
 
   int64_t planes_per_sample() const { return words * s.stride_h * s.stride_w; }
   // Words of the rearranged input (N planes sets), to be allocated zero-filled by the caller.
@@ -79,10 +85,17 @@ struct ConvPlan {
   int64_t num_tiles() const { return s.N * (lanes / kLaneTile) * ((s.O + kChannelTile - 1) / kChannelTile); }
 };
 
+// Bits of the last packed word that hold channels < C (all 32 when C is a multiple of 32).
+inline uint32_t last_word_mask(int64_t C) {
+  const int64_t used = C % 32;
+  return used == 0 ? ~0u : (1u << used) - 1u;
+}
+
 // Builds the plan; w is the packed weight (O, KH, KW, words).
 ConvPlan make_conv_plan(const ConvShape& s, const uint32_t* w);
 
-// Copies input rows [row_begin, row_end) of the (N * H) rows of x into the zero-filled planes.
+// Copies input rows [row_begin, row_end) of the (N * H) rows of x into the zero-filled planes,
+// clearing the unused high bits of each pixel's last word.
 void conv_prepare_input(const ConvPlan& plan, const uint32_t* x, uint32_t* planes, int64_t row_begin,
                         int64_t row_end);
 

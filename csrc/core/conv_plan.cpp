@@ -98,13 +98,23 @@ ConvPlan make_conv_plan(const ConvShape& s, const uint32_t* w) {
     if (full) p.col_hi = ow + 1;
   }
 
-  p.tap_popcount.resize(s.O * s.KH * s.KW);
-  for (int64_t t = 0; t < s.O * s.KH * s.KW; ++t) p.tap_popcount[t] = popcount_words(w + t * p.words, p.words);
+  const int64_t taps = s.O * s.KH * s.KW;
+  const uint32_t tail = last_word_mask(s.C);
+  bool stray = false;
+  for (int64_t t = 0; t < taps && !stray; ++t) stray = (w[t * p.words + p.words - 1] & ~tail) != 0;
+  if (stray) {
+    p.masked_weights.assign(w, w + taps * p.words);
+    for (int64_t t = 0; t < taps; ++t) p.masked_weights[t * p.words + p.words - 1] &= tail;
+  }
+  const uint32_t* weights = p.weights(w);
+  p.tap_popcount.resize(taps);
+  for (int64_t t = 0; t < taps; ++t) p.tap_popcount[t] = popcount_words(weights + t * p.words, p.words);
   return p;
 }
 
 void conv_prepare_input(const ConvPlan& p, const uint32_t* x, uint32_t* planes, int64_t row_begin, int64_t row_end) {
   const ConvShape& s = p.s;
+  const uint32_t tail = last_word_mask(s.C);
   for (int64_t r = row_begin; r < row_end; ++r) {
     const int64_t n = r / s.H, ih = r % s.H;
     const int64_t iph = ih + s.pad_h, ph = iph % s.stride_h, qh = iph / s.stride_h;
@@ -116,22 +126,26 @@ void conv_prepare_input(const ConvPlan& p, const uint32_t* x, uint32_t* planes, 
       const int64_t at = qh * p.Wq + qw;
       if (at >= p.plane) continue;
       const uint32_t* src = x + (r * s.W + iw) * p.words;
-      for (int64_t j = 0; j < p.words; ++j) sample[((j * s.stride_h + ph) * s.stride_w + pw) * p.plane + at] = src[j];
+      for (int64_t j = 0; j < p.words; ++j) {
+        const uint32_t word = j + 1 == p.words ? src[j] & tail : src[j];
+        sample[((j * s.stride_h + ph) * s.stride_w + pw) * p.plane + at] = word;
+      }
     }
   }
 }
 
 void conv_tiles(const ConvPlan& plan, const uint32_t* planes, const uint32_t* w, const ConvEpilogue& epilogue,
                 float* out, int64_t tile_begin, int64_t tile_end) {
+  const uint32_t* weights = plan.weights(w);
   switch (active_isa()) {
     case Isa::Avx512:
-      conv_tiles_avx512(plan, planes, w, epilogue, out, tile_begin, tile_end);
+      conv_tiles_avx512(plan, planes, weights, epilogue, out, tile_begin, tile_end);
       return;
     case Isa::Avx2:
-      conv_tiles_avx2(plan, planes, w, epilogue, out, tile_begin, tile_end);
+      conv_tiles_avx2(plan, planes, weights, epilogue, out, tile_begin, tile_end);
       return;
     case Isa::Portable:
-      conv_tiles_portable(plan, planes, w, epilogue, out, tile_begin, tile_end);
+      conv_tiles_portable(plan, planes, weights, epilogue, out, tile_begin, tile_end);
       return;
   }
 }

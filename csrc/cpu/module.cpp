@@ -9,6 +9,7 @@
 
 #include "../core/cpu_features.h"
 #include "../core/popcount_peak.h"
+#include "output_cache.h"
 
 #ifndef HIDIFF_TORCH_VERSION
 #define HIDIFF_TORCH_VERSION "unknown"
@@ -55,6 +56,22 @@ PYBIND11_MODULE(_C, m) {
         if (!set_active_isa(isa)) throw py::value_error("isa '" + name + "' is not supported by this CPU");
       },
       py::arg("isa"), "Forces a popcount path (for tests and benchmarks).");
+  m.def(
+      "clear_output_cache", [] { hidiff::OutputCache::instance().clear(); },
+      "Frees the cached blocks of large float outputs (outputs still alive return theirs when released).");
+  m.def(
+      "set_output_cache_limit",
+      [](int64_t bytes) {
+        if (bytes < 0) throw py::value_error("bytes must be non-negative, got " + std::to_string(bytes));
+        hidiff::OutputCache::instance().set_limit(static_cast<size_t>(bytes));
+      },
+      py::arg("bytes"), "Sets the most bytes the output cache keeps (least recently released blocks go first).");
+  m.def(
+      "output_cache_limit", [] { return hidiff::OutputCache::instance().limit(); },
+      "The most bytes the output cache keeps.");
+  m.def(
+      "output_cache_blocks", [] { return hidiff::OutputCache::instance().cached_blocks(); },
+      "Byte sizes of the cached output blocks, most recently released first.");
   m.def(
       "popcount_peak",
       [](int64_t iterations) {

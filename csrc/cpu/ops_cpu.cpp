@@ -16,6 +16,7 @@
 #include "../core/bitpack.h"
 #include "../core/time_activation.h"
 #include "../glue/conv_args.h"
+#include "../glue/float64_signs.h"
 #include "output_cache.h"
 
 namespace hidiff {
@@ -51,6 +52,7 @@ at::Tensor binarize_pack_cpu(const at::Tensor& x, const std::optional<at::Tensor
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   TORCH_CHECK_VALUE(C > 0, "x must have at least one channel, got shape ", x.sizes());
   auto [thr, thr_stride] = prepare_threshold(threshold, N, C);
+  if (x.scalar_type() == at::kDouble) return binarize_pack_cpu(glue::float64_signs(x, threshold), std::nullopt);
   const float* thr_ptr = thr ? thr->data_ptr<float>() : nullptr;
 
   at::Tensor out = at::empty({N, H, W, packed_words(C)}, x.options().dtype(at::kInt));
@@ -165,6 +167,10 @@ at::Tensor time_activation_cpu(const at::Tensor& u, const at::Tensor& gamma, con
   check_cpu(zeta, "zeta");
   check_cpu(beta, "beta");
   TORCH_CHECK_TYPE(at::isFloatingType(u.scalar_type()), "u must be a floating tensor, got ", u.scalar_type());
+  TORCH_CHECK_TYPE(at::isFloatingType(gamma.scalar_type()), "gamma must be a floating tensor, got ",
+                   gamma.scalar_type());
+  TORCH_CHECK_TYPE(at::isFloatingType(zeta.scalar_type()), "zeta must be a floating tensor, got ", zeta.scalar_type());
+  TORCH_CHECK_TYPE(at::isFloatingType(beta.scalar_type()), "beta must be a floating tensor, got ", beta.scalar_type());
   TORCH_CHECK_VALUE(u.dim() >= 2, "u must be (N, C, ...) with at least 2 dims, got shape ", u.sizes());
   const int64_t N = u.size(0), C = u.size(1);
   TORCH_CHECK_VALUE(gamma.dim() == 2 && gamma.size(0) == N && gamma.size(1) == C, "gamma must have shape (N, C) = (",

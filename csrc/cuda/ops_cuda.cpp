@@ -17,6 +17,7 @@
 #include <tuple>
 
 #include "../glue/conv_args.h"
+#include "../glue/float64_signs.h"
 #include "kernels.h"
 
 namespace hidiff {
@@ -72,11 +73,12 @@ at::Tensor binarize_pack_cuda(const at::Tensor& x, const std::optional<at::Tenso
                     kMaxGridY * 32);
   const c10::cuda::CUDAGuard guard(x.device());
   auto [thr, thr_stride] = prepare_threshold(threshold, x, "x", N, C, "C");
+  if (x.scalar_type() == at::kDouble) return binarize_pack_cuda(glue::float64_signs(x, threshold), std::nullopt);
 
   at::Tensor out = at::empty({N, H, W, packed_words(C)}, x.options().dtype(at::kInt));
   if (out.numel() == 0) return out;
   // The kernels read float32, float64, float16 and bfloat16 directly; other floating types are
-  // converted to float32 first (the reference compares in float32 anyway).
+  // converted to float32 first, as the reference compares them (float64 never gets here: see above).
   cuda::FloatType type;
   at::ScalarType read_as = x.scalar_type();
   switch (read_as) {

@@ -35,17 +35,23 @@ inline core::ConvShape check_conv_args(const at::Tensor& x_packed, const at::Ten
                     in_channels, " needs ", words);
   TORCH_CHECK_VALUE(w_packed.size(3) == words, "w_packed has ", w_packed.size(3), " words per tap but in_channels=",
                     in_channels, " needs ", words);
-  TORCH_CHECK_VALUE(stride.size() == 2 && stride[0] > 0 && stride[1] > 0, "stride must be two positive ints, got ",
-                    stride);
-  TORCH_CHECK_VALUE(padding.size() == 2 && padding[0] >= 0 && padding[1] >= 0,
-                    "padding must be two non-negative ints, got ", padding);
-  TORCH_CHECK_VALUE(dilation.size() == 2 && dilation[0] > 0 && dilation[1] > 0,
-                    "dilation must be two positive ints, got ", dilation);
+  // Bounded so that the output size below cannot overflow int64 (the same limits as ops.MAX_GEOMETRY).
+  constexpr int64_t kMax = (int64_t{1} << 31) - 1;
+  const auto within = [&](at::IntArrayRef pair, int64_t low) {
+    return pair.size() == 2 && pair[0] >= low && pair[1] >= low && pair[0] <= kMax && pair[1] <= kMax;
+  };
+  TORCH_CHECK_VALUE(within(stride, 1), "stride must be two positive ints in [1, ", kMax, "], got ", stride);
+  TORCH_CHECK_VALUE(within(padding, 0), "padding must be two non-negative ints in [0, ", kMax, "], got ", padding);
+  TORCH_CHECK_VALUE(within(dilation, 1), "dilation must be two positive ints in [1, ", kMax, "], got ", dilation);
+  TORCH_CHECK_VALUE(in_channels <= kMax, "in_channels must be positive and at most ", kMax, ", got ", in_channels);
   TORCH_CHECK_VALUE(w_packed.size(1) > 0 && w_packed.size(2) > 0, "w_packed must have a non-empty kernel, got shape ",
                     w_packed.sizes());
   const core::ConvShape s{x_packed.size(0), x_packed.size(1), x_packed.size(2), in_channels, w_packed.size(0),
                           w_packed.size(1), w_packed.size(2), stride[0], stride[1], padding[0], padding[1],
                           dilation[0], dilation[1]};
+  TORCH_CHECK_VALUE(s.out_h() <= kMax && s.out_w() <= kMax, "binary_conv2d output would be ", s.out_h(), "x",
+                    s.out_w(), ", more than ", kMax, " rows or columns: input ", s.H, "x", s.W, ", padding ", padding,
+                    ", stride ", stride);
   TORCH_CHECK_VALUE(s.out_h() > 0 && s.out_w() > 0, "binary_conv2d output would be empty: input ", s.H, "x", s.W,
                     ", kernel ", s.KH, "x", s.KW, ", padding ", padding, ", dilation ", dilation);
   TORCH_CHECK_VALUE(in_channels * s.KH * s.KW < (int64_t{1} << 31), "in_channels * KH * KW must be below 2^31, got ",

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 import hidiff_kernels as hk
 from hidiff_kernels.counting.markers import Matmul
-from hidiff_kernels.nn import ApproxSign, BinaryLinear, TimeActivation, TimeBinarize, WeightSign
+from hidiff_kernels.nn import ApproxSign, BinaryLinear, PackedWeightCache, TimeActivation, TimeBinarize, WeightSign
 
 from .layers import ResBlock
 
@@ -77,33 +77,25 @@ class CenteredBinaryLinear(BinaryLinear):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, **kwargs) -> None:
         super().__init__(in_features, out_features, bias, **kwargs)
-        self._centred_key: tuple | None = None
-        self._centred_value: tuple[Tensor, Tensor] | None = None
+        self._centred: PackedWeightCache[tuple[Tensor, Tensor]] = PackedWeightCache(self._pack_centred)
 
     def clear_packed_cache(self) -> None:
         """Drops the cached packed weights (needed only after writes through ``weight.data``)."""
         super().clear_packed_cache()
-        self._centred_key = None
-        self._centred_value = None
+        self._centred.clear()
 
     def centred_weight(self) -> Tensor:
         """``W - mean_row(W)``, float ``(out_features, in_features)`` (differentiable)."""
         return self.weight - self.weight.mean(dim=1, keepdim=True)
 
+    @staticmethod
+    def _pack_centred(weight: Tensor) -> tuple[Tensor, Tensor]:
+        centred = weight - weight.mean(dim=1, keepdim=True)
+        return hk.pack_weight(centred[:, :, None, None]), centred.abs().mean(dim=1).float()
+
     def _packed_weight(self) -> tuple[Tensor, Tensor]:
         """Packed ``sign(W_c)`` and ``alpha``, recomputed only when the weight changes (see nn.py's cache)."""
-        weight = self.weight
-        version = None if weight.is_inference() else weight._version
-        key = (weight.data_ptr(), version, weight.device, weight.dtype, tuple(weight.shape))
-        if version is None or key != self._centred_key or self._centred_value is None:
-            with torch.no_grad():
-                centred = self.centred_weight()
-                self._centred_value = (
-                    hk.pack_weight(centred[:, :, None, None]),
-                    centred.abs().mean(dim=1).float(),
-                )
-            self._centred_key = key
-        return self._centred_value
+        return self._centred.get(self.weight)
 
     def _forward_ste(self, x: Tensor, threshold: Tensor | None) -> Tensor:
         if threshold is not None:

@@ -60,7 +60,7 @@ def _packed_weight(layer: BinaryConv2d | BinaryLinear) -> tuple[Tensor, Tensor]:
     if isinstance(layer, BinaryLinear):
         # Subclasses change how the weights are packed (e.g. row-centred) through this hook.
         return layer._packed_weight()
-    packed, scale = layer._packed.get(layer.weight, layer.groups)
+    packed, scale = layer._packed.get(layer.weight)
     return torch.cat(packed), scale
 
 

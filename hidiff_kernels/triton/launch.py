@@ -49,10 +49,15 @@ def _threshold_arguments(threshold: Tensor | None, like: Tensor) -> tuple[Tensor
 def binarize_pack(x: Tensor, threshold: Tensor | None = None) -> Tensor:
     """Fused TB + sign + packing: float ``(N, C, H, W)`` (any strides) -> int32 ``(N, H, W, ceil(C/32))``.
 
-    Bit 1 where ``float32(x) <= threshold`` or NaN (value -1), 0 where greater; ``threshold`` is
-    None (0), ``(C,)`` or ``(N, C)``. Pad bits of the last word are 0.
+    Bit 1 where ``x <= threshold`` or NaN (value -1), 0 where greater, compared in float32 (float64
+    for float64 input, see :func:`reference.compare_dtype`); ``threshold`` is None (0), ``(C,)`` or
+    ``(N, C)``. Pad bits of the last word are 0.
     """
     ops.check_binarize_pack_args(x, threshold)
+    if x.dtype == torch.float64:
+        # The kernel compares in float32: float64 is compared here and its +-1 signs packed.
+        above = x > reference.threshold_view(threshold, x)
+        return binarize_pack(torch.where(above, 1.0, -1.0).to(torch.float32))
     n, c, h, w = x.shape
     words = reference.packed_words(c)
     out = torch.empty((n, h, w, words), dtype=torch.int32, device=x.device)

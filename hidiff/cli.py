@@ -59,14 +59,69 @@ def _load_config(path: str | None, overrides: Sequence[tuple[list[str], object]]
     return TrainingConfig.from_dict(apply_overrides(data, overrides))
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an int >= 1 (sizes, counts, threads)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    """argparse type: a seed in [0, 2^63)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"expected a seed in [0, 2^63), got {value}")
+    return value
+
+
+def _existing_file(path: str | None, what: str) -> None:
+    """Raises FileNotFoundError / IsADirectoryError naming `what` unless `path` is None or a file."""
+    if path is None:
+        return
+    if Path(path).is_dir():
+        raise IsADirectoryError(f"{what} {path} is a directory, expected a file")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+
+
+def _writable_file(path: str | None, what: str) -> None:
+    """Raises IsADirectoryError / NotADirectoryError naming `what` when `path` cannot be written as a file."""
+    if path is None:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise IsADirectoryError(f"{what} {path} is a directory, expected a file name")
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(f"{what} {path}: {parent} is a file, not a directory")
+            break
+
+
+def _writable_dir(path: str, what: str) -> None:
+    """Raises NotADirectoryError naming `what` when `path`, or a folder above it, is an existing file."""
+    for folder in (Path(path), *Path(path).parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise NotADirectoryError(f"{what} {path}: {folder} is a file, not a directory")
+            break
+
+
 def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--steps", type=int, default=None, help="reverse diffusion steps (default: all T)")
-    parser.add_argument("--samples", type=int, default=1, help="ensemble size: samples averaged per image")
+    parser.add_argument("--steps", type=_positive_int, default=None, help="reverse diffusion steps (default: all T)")
+    parser.add_argument("--samples", type=_positive_int, default=1, help="ensemble size: samples averaged per image")
     parser.add_argument("--sampler", choices=("ddim", "ancestral"), default="ddim")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same masks)")
+    parser.add_argument("--seed", type=_seed, default=0, help="sampling seed (same seed, same masks)")
     parser.add_argument("--no-ema", action="store_true", help="use the raw refiner weights instead of the EMA")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: torch's choice)")
 
 
 def _settings(args: argparse.Namespace):
@@ -78,8 +133,9 @@ def _settings(args: argparse.Namespace):
 def _command_train(args: argparse.Namespace) -> int:
     from .training import run_training
 
+    _existing_file(args.resume, "--resume checkpoint")
     config = _load_config(args.config, args.overrides)
-    output_dir = run_training(config, resume=args.resume, device=args.device)
+    output_dir = run_training(config, resume=args.resume, device=args.device, overwrite=args.overwrite)
     logger.info("outputs in %s", output_dir)
     return 0
 
@@ -91,6 +147,10 @@ def _command_evaluate(args: argparse.Namespace) -> int:
     from .metrics import format_report
     from .training.launch import dataset_kwargs
 
+    _existing_file(args.checkpoint, "--checkpoint")
+    _writable_file(args.output, "--output")
+    if args.data_root is not None and not Path(args.data_root).is_dir():
+        raise NotADirectoryError(f"--data-root {args.data_root} is not a directory")
     model, config = load_model(args.checkpoint, use_ema=not args.no_ema, device=args.device)
     root = args.data_root if args.data_root is not None else config.data.root
     dataset = build_dataset(config.data.name, root, args.split, **dataset_kwargs(config))
@@ -119,8 +179,12 @@ def _command_evaluate(args: argparse.Namespace) -> int:
 def _command_segment(args: argparse.Namespace) -> int:
     from .inference import load_model, segment_files
 
+    _existing_file(args.checkpoint, "--checkpoint")
+    for image in args.images:
+        _existing_file(image, "image")
+    _writable_dir(args.output_dir, "--output-dir")
     model, config = load_model(args.checkpoint, use_ema=not args.no_ema, device=args.device)
-    image_size = args.image_size or config.data.image_size
+    image_size = args.image_size if args.image_size is not None else config.data.image_size
     if image_size is None:
         raise ValueError("the model was trained without a fixed image size: pass --image-size")
     written = segment_files(model, args.images, args.output_dir, image_size, _settings(args))
@@ -173,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="HiDiff: a segmentor refined by a binarised Bernoulli diffusion model on packed binary kernels.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="pre-train the segmentor, then alternate-collaborative training")
@@ -187,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a config key, e.g. --set data.batch_size=8 (repeatable)",
     )
     train.add_argument("--resume", help="checkpoint to continue from (e.g. runs/x/latest.pt)")
+    train.add_argument(
+        "--overwrite", action="store_true", help="start afresh in an output_dir that holds a run, deleting its files"
+    )
     train.add_argument("--device", default=None, help="torch device (default: cuda:LOCAL_RANK if available, else cpu)")
     train.set_defaults(handler=_command_train)
 
@@ -194,9 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", required=True, help="trainer checkpoint (best.pt or latest.pt)")
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--data-root", default=None, help="dataset folder (default: the one in the checkpoint)")
-    evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.add_argument("--batch-size", type=_positive_int, default=8)
     evaluate.add_argument(
-        "--window", type=int, default=None, help="sliding-window size (default: the crop size of DRIVE, CHASE_DB1)"
+        "--window",
+        type=_positive_int,
+        default=None,
+        help="sliding-window size (default: the crop size of DRIVE, CHASE_DB1)",
     )
     evaluate.add_argument("--no-refine", action="store_true", help="evaluate the segmentor only")
     evaluate.add_argument("--output", help="write the results as JSON")
@@ -207,17 +278,21 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("images", nargs="+", help="image files (JPEG, PNG, TIFF, ...)")
     segment.add_argument("--checkpoint", required=True)
     segment.add_argument("--output-dir", default="masks")
-    segment.add_argument("--image-size", type=int, default=None, help="model input size (default: the training size)")
+    segment.add_argument(
+        "--image-size", type=_positive_int, default=None, help="model input size (default: the training size)"
+    )
     _add_sampling_arguments(segment)
     segment.set_defaults(handler=_command_segment)
 
     demo = commands.add_parser("demo", help="train a small HiDiff on CPU; segmentor vs HiDiff, binary vs float")
     demo.add_argument("--data", default=None, help="Kvasir-SEG folder (default: the embedded synthetic data)")
     demo.add_argument("--output-dir", default="runs/demo")
-    demo.add_argument("--image-size", type=int, default=None, help="default: 64 (synthetic) or 128 (Kvasir-SEG)")
-    demo.add_argument("--pretrain-iterations", type=int, default=None)
-    demo.add_argument("--alternate-iterations", type=int, default=None)
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--image-size", type=_positive_int, default=None, help="default: 64 (synthetic) or 128 (Kvasir-SEG)"
+    )
+    demo.add_argument("--pretrain-iterations", type=_positive_int, default=None)
+    demo.add_argument("--alternate-iterations", type=_positive_int, default=None)
+    demo.add_argument("--seed", type=_seed, default=0)
     demo.set_defaults(handler=_command_demo)
 
     from .profiling import METHODS, SEGMENTORS
@@ -228,20 +303,26 @@ def build_parser() -> argparse.ArgumentParser:
         description="Counts each network once (one forward) and reports segmentor + refiner x steps; "
         "optionally times one inference of each method on this CPU (--time).",
     )
-    flops.add_argument("--image-size", type=int, default=256, help="input resolution (default: 256)")
-    flops.add_argument("--num-classes", type=int, default=1, help="K, mask channels (default: 1)")
-    flops.add_argument("--image-channels", type=int, default=3, help="image channels (default: 3)")
-    flops.add_argument("--steps", type=int, default=10, help="sampling steps of every diffusion model (default: 10)")
+    flops.add_argument("--image-size", type=_positive_int, default=256, help="input resolution (default: 256)")
+    flops.add_argument("--num-classes", type=_positive_int, default=1, help="K, mask channels (default: 1)")
+    flops.add_argument("--image-channels", type=_positive_int, default=3, help="image channels (default: 3)")
+    flops.add_argument(
+        "--steps", type=_positive_int, default=10, help="sampling steps of every diffusion model (default: 10)"
+    )
     flops.add_argument(
         "--segmentor", choices=SEGMENTORS, default="merit", help="HiDiff's segmentor (PD-DDPM always uses MERIT)"
     )
-    flops.add_argument("--refiner-channels", type=int, default=128, help="HiDiff refiner width C (default: 128)")
+    flops.add_argument(
+        "--refiner-channels", type=_positive_int, default=128, help="HiDiff refiner width C (default: 128)"
+    )
     flops.add_argument(
         "--methods", nargs="+", choices=METHODS, default=list(METHODS), help="rows to compute (default: all)"
     )
     flops.add_argument("--time", action="store_true", help="also time one inference per method (slow at 256)")
-    flops.add_argument("--threads", type=int, default=2, help="CPU threads (default: 2)")
-    flops.add_argument("--repeats", type=int, default=3, help="timed runs per measurement, median kept (default: 3)")
+    flops.add_argument("--threads", type=_positive_int, default=2, help="CPU threads (default: 2)")
+    flops.add_argument(
+        "--repeats", type=_positive_int, default=3, help="timed runs per measurement, median kept (default: 3)"
+    )
     flops.add_argument("--markdown", help="also write the Markdown table to this file")
     flops.add_argument("--csv", help="also write the table as CSV to this file")
     flops.set_defaults(handler=_command_flops)
@@ -258,9 +339,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         return args.handler(args)
-    except (FileNotFoundError, ValueError) as error:
-        logger.error("%s", error)
+    except Exception as error:  # noqa: BLE001 - every failure becomes one line and exit status 2
+        if args.debug:
+            raise
+        logger.error("%s (run with --debug for the traceback)", _one_line(error))
         return 2
+
+
+def _one_line(error: BaseException) -> str:
+    """The error's message on one line; prefixed with its type when that is not one of the usual input errors."""
+    message = " ".join(str(error).split()) or repr(error)
+    if isinstance(error, (ValueError, TypeError, OSError)):
+        return message
+    return f"{type(error).__name__}: {message}"
 
 
 if __name__ == "__main__":

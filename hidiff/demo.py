@@ -177,7 +177,8 @@ def run_demo(
     """
     config = demo_config(data, output_dir, image_size, pretrain_iterations, alternate_iterations, seed)
     start = time.perf_counter()
-    run_dir = run_training(config, device="cpu")
+    # The demo reruns into the same folder every time: replacing the previous demo run is intended.
+    run_dir = run_training(config, device="cpu", overwrite=True)
     train_seconds = time.perf_counter() - start
     checkpoint = run_dir / "best.pt" if (run_dir / "best.pt").is_file() else run_dir / "latest.pt"
     model, _ = load_model(checkpoint)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from .data.base import image_array
 from .evaluation import RefineSettings, predict
 from .models import HiDiff
 from .training.checkpoint import load_checkpoint
@@ -37,7 +39,7 @@ def load_model(
 
     Raises:
         FileNotFoundError: when the checkpoint does not exist.
-        ValueError: when it is not a trainer checkpoint.
+        ValueError: when it is not a trainer checkpoint, or its weights do not fit the model of its configuration.
     """
     state = load_checkpoint(checkpoint, map_location=device)
     for key in ("config", "segmentor", "refiner"):
@@ -48,9 +50,20 @@ def load_model(
     refiner_state = state["ema"]["shadow"] if use_ema and "ema" in state else state["refiner"]
     in_channels, num_classes = _image_and_class_channels(refiner_state)
     model = build_model(config, in_channels, num_classes)
-    model.segmentor.load_state_dict(segmentor_state)
-    model.refiner.load_state_dict(refiner_state)
+    _load_weights(model.segmentor, segmentor_state, "segmentor", checkpoint)
+    _load_weights(model.refiner, refiner_state, "refiner", checkpoint)
     return model.to(device).eval(), config
+
+
+def _load_weights(module: torch.nn.Module, state: dict[str, Tensor], what: str, checkpoint: str | Path) -> None:
+    """``module.load_state_dict(state)``, a mismatch reported as a ValueError naming the checkpoint and the network."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as error:
+        detail = " ".join(line.strip() for line in str(error).strip().splitlines()[1:3])
+        raise ValueError(
+            f"the {what} weights of {checkpoint} do not match the model its configuration builds: {detail}"
+        ) from error
 
 
 def _image_and_class_channels(refiner_state: dict[str, Tensor]) -> tuple[int, int]:
@@ -64,17 +77,23 @@ def _image_and_class_channels(refiner_state: dict[str, Tensor]) -> tuple[int, in
 
 
 def read_image(path: str | Path, channels: int = 3) -> Tensor:
-    """Reads an image file as float32 ``(C, H, W)`` in [0, 1] (RGB for 3 channels, greyscale for 1)."""
+    """Reads an image file as float32 ``(C, H, W)`` in [0, 1] (RGB for 3 channels, greyscale for 1).
+
+    Pixels are divided by their type's range: 255 for 8-bit images, 65535 for 16-bit ones.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"image {path} is a directory, expected an image file")
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
     if channels not in (1, 3):
         raise ValueError(f"segmenting image files needs a 1- or 3-channel model, this one reads {channels} channels")
     try:
         with Image.open(path) as image:
-            array = np.asarray(image.convert("RGB" if channels == 3 else "L"), dtype=np.float32) / 255.0
+            pixels = image_array(image, "RGB" if channels == 3 else "L")
     except OSError as error:
         raise ValueError(f"cannot read image {path}: {error}") from error
+    array = pixels.astype(np.float32) / np.iinfo(pixels.dtype).max
     tensor = torch.from_numpy(array)
     return tensor.permute(2, 0, 1).contiguous() if tensor.dim() == 3 else tensor.unsqueeze(0)
 
@@ -153,21 +172,65 @@ def segment_files(
     image_size: int,
     settings: RefineSettings,
 ) -> list[Path]:
-    """Segments image files; writes ``<stem>_mask.png`` (refined), ``<stem>_prior.png`` and ``<stem>_overlay.png``.
+    """Segments image files; writes ``<name>_mask.png`` (refined), ``<name>_prior.png`` and ``<name>_overlay.png``.
+
+    ``<name>`` is the file's stem; where stems repeat (``a/x.jpg`` and ``b/x.jpg``, or ``x.jpg`` and ``x.png``), see
+    :func:`output_names`, so no output replaces another.
+
+    Args:
+        image_size: the model's input size (positive).
 
     Returns:
         the paths of the refined masks.
+
+    Raises:
+        ValueError: when `image_size` is not positive or a file is given twice.
     """
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+    names = output_names(paths)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for path in paths:
+    for path, stem in zip(paths, names, strict=True):
         image = read_image(path, model.refiner.image_channels)
         segmentation = segment_image(model, image, image_size, settings)
-        stem = Path(path).stem
         Image.fromarray(label_map(segmentation.refined_mask)).save(output_dir / f"{stem}_mask.png")
         Image.fromarray(label_map(segmentation.prior_mask)).save(output_dir / f"{stem}_prior.png")
         save_overlay(segmentation, output_dir / f"{stem}_overlay.png", title=Path(path).name)
         written.append(output_dir / f"{stem}_mask.png")
         logger.info("segmented %s -> %s", path, written[-1])
     return written
+
+
+def output_names(paths: Sequence[str | Path]) -> list[str]:
+    """Distinct output names of image files: their stems, made unique where stems repeat.
+
+    Files whose stems are unique keep them (``frame.png`` -> ``frame``). Where several files share a stem, their names
+    are their paths relative to the inputs' common folder, folders joined by ``__`` (``a/x.jpg``, ``b/x.jpg`` -> ``a__x``,
+    ``b__x``), with the extension appended if that is still not enough (``x.jpg``, ``x.png`` -> ``x.jpg``, ``x.png``).
+
+    Raises:
+        ValueError: when one file is given twice, or no distinct names can be made.
+    """
+    resolved = [Path(p).resolve() for p in paths]
+    seen: dict[Path, str | Path] = {}
+    for original, path in zip(paths, resolved, strict=True):
+        if path in seen:
+            raise ValueError(f"image {original} is given twice (also as {seen[path]})")
+        seen[path] = original
+    stems = [p.stem for p in resolved]
+    repeated = {stem for stem in stems if stems.count(stem) > 1}
+    if not repeated:
+        return stems
+    common = Path(os.path.commonpath([str(p.parent) for p in resolved]))
+    relative = [p.relative_to(common) for p in resolved]
+    names = [
+        "__".join((*r.parent.parts, r.stem)) if stem in repeated else stem
+        for r, stem in zip(relative, stems, strict=True)
+    ]
+    clashes = {name for name in names if names.count(name) > 1}
+    names = ["__".join(r.parts) if name in clashes else name for r, name in zip(relative, names, strict=True)]
+    if len(set(names)) != len(names):
+        raise ValueError(f"cannot give distinct output names to the images {[str(p) for p in paths]}: rename some")
+    return names

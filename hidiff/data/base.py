@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,6 +24,10 @@ class DataFileError(OSError):
 def require_path(path: Path, layout: str, kind: str = "file") -> Path:
     """Returns `path` if it exists, else raises FileNotFoundError naming it and the expected layout.
 
+    A file is also found when its name differs from `path`'s only in letter case (``X.JPG`` for ``X.jpg``): archives
+    re-packed on other systems change the case of extensions, and a reader that skipped those files would silently
+    change its seeded splits. The file's actual path is returned.
+
     Args:
         path: the file or folder that must exist.
         layout: a description of the dataset's expected on-disk layout, quoted in the error.
@@ -30,11 +35,28 @@ def require_path(path: Path, layout: str, kind: str = "file") -> Path:
     """
     if (kind == "folder" and path.is_dir()) or (kind == "file" and path.is_file()):
         return path
+    if kind == "file" and path.parent.is_dir():
+        matches = [p for p in path.parent.iterdir() if p.name.lower() == path.name.lower() and p.is_file()]
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            raise ValueError(f"ambiguous file {path}: {sorted(p.name for p in matches)} differ only in letter case")
     raise FileNotFoundError(f"missing {kind} {path}; expected layout:\n{layout}")
+
+
+def glob_files(directory: Path, pattern: str) -> list[Path]:
+    """The files of `directory` whose names match the glob `pattern` in any letter case, sorted by name.
+
+    ``glob_files(d, "*.jpg")`` also lists ``X.JPG`` and ``y.Jpg`` (``Path.glob`` is case-sensitive on Linux).
+    """
+    pattern = pattern.lower()
+    return sorted(p for p in directory.iterdir() if fnmatch.fnmatchcase(p.name.lower(), pattern) and p.is_file())
 
 
 def read_with(path: Path, what: str, reader: Callable[[Path], Any]) -> Any:
     """Runs `reader(path)`, turning any decoding failure into a DataFileError naming the file."""
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory, expected {what} file")
     if not path.is_file():
         raise FileNotFoundError(f"missing file {path}")
     try:
@@ -43,12 +65,31 @@ def read_with(path: Path, what: str, reader: Callable[[Path], Any]) -> Any:
         raise DataFileError(f"cannot read {path} as {what}: {type(error).__name__}: {error}") from error
 
 
+def image_array(image: Any, mode: str = "RGB") -> np.ndarray:
+    """A decoded Pillow image as an array in `mode`, keeping 16-bit pixels at 16 bits.
+
+    Pillow's ``convert("RGB"/"L")`` clips 16-bit greyscale pixels (modes "I;16*" and "I") at 255 instead of scaling
+    them, so such images are returned as uint16 (replicated to 3 channels for "RGB"); callers scale by the dtype's
+    range (:func:`~hidiff.data.transforms.to_image_tensor` divides uint16 by 65535).
+
+    Args:
+        image: an open ``PIL.Image.Image``.
+        mode: "RGB" -> (H, W, 3) or "L" -> (H, W); uint8, or uint16 for 16-bit greyscale images.
+    """
+    if image.mode.startswith("I;16") or image.mode == "I":
+        # Mode "I" holds 32-bit ints; Pillow uses it for 16-bit PNGs in some versions.
+        array = np.clip(np.asarray(image), 0, np.iinfo(np.uint16).max).astype(np.uint16)
+        return np.repeat(array[:, :, None], 3, axis=2) if mode == "RGB" else array
+    return np.asarray(image.convert(mode))
+
+
 def read_image(path: Path, mode: str = "RGB") -> np.ndarray:
     """Reads a JPEG/PNG/GIF/BMP file with Pillow.
 
     Args:
         path: the image file.
-        mode: Pillow mode to convert to ("RGB" -> uint8 (H, W, 3); "L" -> uint8 (H, W)).
+        mode: Pillow mode to convert to ("RGB" -> (H, W, 3); "L" -> (H, W)); uint8, or uint16 for 16-bit images
+            (see :func:`image_array`).
 
     Raises:
         DataFileError: when the file cannot be decoded.
@@ -57,7 +98,7 @@ def read_image(path: Path, mode: str = "RGB") -> np.ndarray:
 
     def decode(p: Path) -> np.ndarray:
         with Image.open(p) as img:
-            return np.asarray(img.convert(mode))
+            return image_array(img, mode)
 
     return read_with(path, "an image", decode)
 
@@ -89,7 +130,8 @@ def to_binary(array: np.ndarray, path: Path, threshold: int = 127) -> np.ndarray
     """Thresholds a mask image (greyscale, or RGB reduced by its max over channels) to int64 {0, 1} (> threshold).
 
     8-bit masks stored as JPEG carry compression noise around 0 and 255, hence the threshold rather than != 0.
-    Masks stored as {0, 1} (some PNG/GIF exports) are recognised and kept as they are.
+    Masks stored as {0, 1} (some PNG/GIF exports) are recognised and kept as they are. The threshold is given on the
+    8-bit scale and scaled to the range of 16-bit masks.
     """
     if array.ndim == 3:
         array = array.max(axis=2)
@@ -99,6 +141,8 @@ def to_binary(array: np.ndarray, path: Path, threshold: int = 127) -> np.ndarray
         return array.astype(np.int64)
     if array.size and array.max() <= 1:
         return (array > 0).astype(np.int64)
+    if array.dtype == np.uint16:
+        threshold = threshold * 257  # 255 * 257 = 65535
     return (array > threshold).astype(np.int64)
 
 

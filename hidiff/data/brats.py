@@ -9,7 +9,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import DataFileError, SegmentationDataset, check_split, read_with, require_path, seeded_split
+from .base import (
+    DataFileError,
+    SegmentationDataset,
+    check_split,
+    glob_files,
+    read_with,
+    require_path,
+    seeded_split,
+)
 from .transforms import PairedAugment, Size, as_size, center_crop
 
 BRATS_LAYOUT = """\
@@ -112,7 +120,7 @@ class BraTS(SegmentationDataset):
         self.drop_bottom, self.drop_top = int(drop_bottom), int(drop_top)
         self.root = require_path(Path(root), BRATS_LAYOUT, "folder")
         patients = sorted(
-            p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".") and any(p.glob("*.nii*"))
+            p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".") and glob_files(p, "*.nii*")
         )
         if not patients:
             raise FileNotFoundError(
@@ -123,9 +131,9 @@ class BraTS(SegmentationDataset):
         self.patients = patients
         self.slices: list[tuple[str, int]] = []
         for patient in patients:
-            seg = require_path(self._path(patient, "seg"), BRATS_LAYOUT)
+            seg = self._path(patient, "seg")
             for modality in MODALITIES:
-                require_path(self._path(patient, modality), BRATS_LAYOUT)
+                self._path(patient, modality)
             shape = read_with(seg, "a NIfTI volume", _nifti_shape)
             if len(shape) != 3:
                 raise DataFileError(f"cannot read {seg} as a 3-D NIfTI volume: shape {shape}")
@@ -144,7 +152,7 @@ class BraTS(SegmentationDataset):
         return PairedAugment(clip=None)
 
     def _path(self, patient: str, suffix: str) -> Path:
-        return self.root / patient / f"{patient}_{suffix}.nii.gz"
+        return require_path(self.root / patient / f"{patient}_{suffix}.nii.gz", BRATS_LAYOUT)
 
     def _volume(self, patient: str) -> tuple[np.ndarray, np.ndarray]:
         """(image float32 (4, Z, Y, X) z-scored, label int64 (Z, Y, X) in 0..3) of the kept slices of a patient."""

@@ -12,6 +12,7 @@ from .base import (
     SegmentationDataset,
     check_same_size,
     check_split,
+    glob_files,
     read_image,
     read_tiff,
     require_path,
@@ -110,7 +111,7 @@ class KvasirSEG(_PolypDataset):
         self.root = require_path(Path(root), KVASIR_LAYOUT, "folder")
         self.image_dir = require_path(self.root / "images", KVASIR_LAYOUT, "folder")
         self.mask_dir = require_path(self.root / "masks", KVASIR_LAYOUT, "folder")
-        all_ids = sorted(p.stem for p in self.image_dir.glob("*.jpg"))
+        all_ids = sorted(p.stem for p in glob_files(self.image_dir, "*.jpg"))
         if not all_ids:
             raise FileNotFoundError(f"no <id>.jpg images in {self.image_dir}; expected layout:\n{KVASIR_LAYOUT}")
         if split in ("train", "val", "test"):
@@ -131,11 +132,14 @@ class KvasirSEG(_PolypDataset):
         path = require_path(self.root / name, KVASIR_LAYOUT)
         ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
         # Tolerate lists written with the file extension.
-        return [i[: -len(".jpg")] if i.endswith(".jpg") else i for i in ids]
+        return [i[: -len(".jpg")] if i.lower().endswith(".jpg") else i for i in ids]
 
     def _paths(self, index: int) -> tuple[Path, Path]:
         sample_id = self.ids[index]
-        return self.image_dir / f"{sample_id}.jpg", self.mask_dir / f"{sample_id}.jpg"
+        return (
+            require_path(self.image_dir / f"{sample_id}.jpg", KVASIR_LAYOUT),
+            require_path(self.mask_dir / f"{sample_id}.jpg", KVASIR_LAYOUT),
+        )
 
     def _read(self, path: Path, is_mask: bool) -> np.ndarray:
         return read_image(path, "L" if is_mask else "RGB")
@@ -169,7 +173,7 @@ class CVCClinicDB(_PolypDataset):
         self.root = require_path(Path(root), CVC_LAYOUT, "folder")
         self.image_dir = require_path(self.root / "Original", CVC_LAYOUT, "folder")
         self.mask_dir = require_path(self.root / "Ground Truth", CVC_LAYOUT, "folder")
-        all_ids = [p.stem for p in self.image_dir.glob("*.tif")]
+        all_ids = [p.stem for p in glob_files(self.image_dir, "*.tif")]
         if not all_ids:
             raise FileNotFoundError(f"no <n>.tif images in {self.image_dir}; expected layout:\n{CVC_LAYOUT}")
         ids = all_ids if split == "all" else seeded_split(all_ids, split_fractions, split_seed)[split]
@@ -180,7 +184,10 @@ class CVCClinicDB(_PolypDataset):
 
     def _paths(self, index: int) -> tuple[Path, Path]:
         sample_id = self.ids[index]
-        return self.image_dir / f"{sample_id}.tif", self.mask_dir / f"{sample_id}.tif"
+        return (
+            require_path(self.image_dir / f"{sample_id}.tif", CVC_LAYOUT),
+            require_path(self.mask_dir / f"{sample_id}.tif", CVC_LAYOUT),
+        )
 
     def _read(self, path: Path, is_mask: bool) -> np.ndarray:
         return read_tiff(path)

@@ -15,6 +15,7 @@ from .base import (
     SegmentationDataset,
     check_same_size,
     check_split,
+    glob_files,
     read_image,
     read_tiff,
     require_path,
@@ -108,7 +109,7 @@ class DRIVE(_RetinaDataset):
         image_dir = require_path(self.folder / "images", DRIVE_LAYOUT, "folder")
         self._files: list[tuple[Path, Path, Path]] = []
         ids = []
-        for image_path in sorted(image_dir.glob("*.tif")):
+        for image_path in glob_files(image_dir, "*.tif"):
             match = re.match(r"(\d+)_", image_path.name)
             if match is None:
                 continue
@@ -158,7 +159,7 @@ class CHASEDB1(_RetinaDataset):
         super().__init__(split, image_size, crop_size, augment, seed, cache)
         self.root = require_path(Path(root), CHASE_LAYOUT, "folder")
         ids = []
-        for image_path in sorted(self.root.glob("Image_*.jpg")):
+        for image_path in glob_files(self.root, "Image_*.jpg"):
             match = re.fullmatch(r"Image_(\d+)[LR]", image_path.stem)
             if match is None:
                 continue
@@ -173,8 +174,8 @@ class CHASEDB1(_RetinaDataset):
         self.ids = ids
 
     def _load(self, index: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        image_path = self.root / f"{self.ids[index]}.jpg"
-        label_path = self.root / f"{self.ids[index]}_1stHO.png"
+        image_path = require_path(self.root / f"{self.ids[index]}.jpg", CHASE_LAYOUT)
+        label_path = require_path(self.root / f"{self.ids[index]}_1stHO.png", CHASE_LAYOUT)
         image = read_image(image_path, "RGB")
         label = to_binary(read_image(label_path, "L"), label_path)
         check_same_size(image, image_path, label, label_path)

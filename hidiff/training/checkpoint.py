@@ -11,13 +11,13 @@ import contextlib
 import logging
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["load_checkpoint", "save_checkpoint"]
+__all__ = ["load_checkpoint", "remove_stale_temporaries", "save_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,35 @@ def _fsync_directory(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+TEMPORARY_SUFFIX = ".tmp"
+
+
+def remove_stale_temporaries(directory: str | Path, names: Sequence[str] = ("latest.pt", "best.pt")) -> list[Path]:
+    """Deletes the temporary files that interrupted :func:`save_checkpoint` calls left in `directory`.
+
+    A save killed between creating its temporary file and the final rename (SIGKILL, power loss) leaves a
+    ``.<name>.<random>.tmp`` file behind; call this when a run starts in `directory`, before it saves anything.
+
+    Args:
+        directory: the run's output directory (a missing directory has nothing to clean).
+        names: the checkpoint file names whose temporaries are removed.
+
+    Returns:
+        The removed files.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = []
+    for name in names:
+        for stale in directory.glob(f".{name}.*{TEMPORARY_SUFFIX}"):
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
+                removed.append(stale)
+                logger.info("removed %s, left by an interrupted checkpoint save", stale)
+    return removed
 
 
 def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
@@ -54,7 +83,7 @@ def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
         raise TypeError(f"state must be a mapping, got {type(state).__name__}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             torch.save(dict(state), handle)
@@ -82,9 +111,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device | None = 
 
     Raises:
         FileNotFoundError: when `path` does not exist.
+        IsADirectoryError: when `path` is a directory.
         ValueError: when the file is not a checkpoint of tensors and primitive containers.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"checkpoint {path} is a directory, expected a checkpoint file (e.g. {path}/latest.pt)")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:

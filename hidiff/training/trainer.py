@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 from ..losses import discriminative_loss_terms
 from ..models import HiDiff, prior_from_logits
 from . import distributed
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .config import TrainingConfig
 from .ema import EMA
 from .logs import PHASES, LossLog
@@ -171,9 +171,12 @@ class Trainer:
 
         self.output_dir = Path(config.output_dir)
         self.log = LossLog(self.output_dir, enabled=self.is_main)
+        # config.yaml is written when training starts (or at the first save), not here: a trainer built to resume a
+        # run must leave that run's files untouched until the checkpoint has loaded.
+        self._config_written = False
         if self.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            config.save_yaml(self.output_dir / "config.yaml")
+            remove_stale_temporaries(self.output_dir)
 
     # ------------------------------------------------------------------ set-up helpers
 
@@ -446,6 +449,7 @@ class Trainer:
         end = total if iterations is None else min(total, start + iterations)
         if end <= start:
             return []
+        self._write_config()
         train = self.config.train
         step_fn = self._pretrain_iteration if phase == "pretrain" else self._alternate_iteration
         rows: list[dict[str, float]] = []
@@ -540,6 +544,12 @@ class Trainer:
             "rng": get_rng_state(),
         }
 
+    def _write_config(self) -> None:
+        """Writes ``config.yaml`` on rank 0, once per trainer."""
+        if self.is_main and not self._config_written:
+            self.config.save_yaml(self.output_dir / "config.yaml")
+        self._config_written = True
+
     def save(self, best: bool = False) -> Path | None:
         """Writes ``latest.pt`` (and ``best.pt`` when `best`) atomically on rank 0, and refreshes the loss figure.
 
@@ -547,6 +557,7 @@ class Trainer:
             The path of latest.pt on rank 0, None elsewhere.
         """
         path = None
+        self._write_config()
         if self.is_main:
             state = self.state_dict()
             path = save_checkpoint(self.output_dir / "latest.pt", state)

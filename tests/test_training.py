@@ -445,6 +445,21 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     assert (tmp_path / "b" / "loss_curves.png").stat().st_size > 0
 
 
+def test_resume_with_a_longer_run_decays_over_the_new_horizon(tmp_path):
+    """A run resumed with more iterations continues its poly decay to the new end (not lr 0 after the old one)."""
+    dataset = _dataset(4)
+    short = _trainer(_config(tmp_path / "a", pretrain=2, alternate=2), dataset)
+    short.pretrain_segmentor()
+    short.train_alternate()
+    assert short._lr("refiner") == 0.0  # the end of the short schedule
+    longer = _trainer(_config(tmp_path / "a", pretrain=4, alternate=6), dataset)
+    longer.resume(tmp_path / "a" / "latest.pt")
+    assert longer._lr("refiner") == pytest.approx(1e-3 * (1 - 2 / 6) ** 0.9)
+    assert longer._lr("pretrain") == pytest.approx(1e-3 * (1 - 2 / 4) ** 0.9)
+    rows = longer.train_alternate()
+    assert [row["lr_refiner"] for row in rows] == pytest.approx([1e-3 * (1 - i / 6) ** 0.9 for i in range(2, 6)])
+
+
 def test_amp_bfloat16_on_cpu(tmp_path):
     trainer = _trainer(_config(tmp_path, pretrain=1, alternate=1, amp=True, amp_dtype="bfloat16"), _dataset(4))
     rows = trainer.pretrain_segmentor() + trainer.train_alternate()

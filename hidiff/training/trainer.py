@@ -149,13 +149,8 @@ class Trainer:
             "segmentor": self._adamw(self.segmentor),
             "refiner": self._adamw(self.refiner),
         }
-        horizons = {
-            "pretrain": train.pretrain_iterations,
-            "segmentor": train.alternate_iterations,
-            "refiner": train.alternate_iterations,
-        }
         self.schedulers = {
-            name: poly_scheduler(opt, max(1, horizons[name]), optim.poly_power) for name, opt in self.optimizers.items()
+            name: poly_scheduler(opt, self._horizon(name), optim.poly_power) for name, opt in self.optimizers.items()
         }
         self.amp_dtype = torch.bfloat16 if optim.amp_dtype == "bfloat16" else torch.float16
         use_scaler = optim.amp and self.amp_dtype == torch.float16
@@ -187,6 +182,12 @@ class Trainer:
         return DistributedDataParallel(
             module, device_ids=device_ids, find_unused_parameters=self.config.train.find_unused_parameters
         )
+
+    def _horizon(self, optimizer: str) -> int:
+        """Optimiser steps over which the poly schedule of ``optimizer`` decays (its phase's iterations)."""
+        train = self.config.train
+        iterations = train.pretrain_iterations if optimizer == "pretrain" else train.alternate_iterations
+        return max(1, iterations)
 
     def _adamw(self, module: nn.Module) -> torch.optim.AdamW:
         optim = self.config.optim
@@ -227,9 +228,37 @@ class Trainer:
                     for key, value in result.segmentor.items()
                     if isinstance(value, int | float)
                 }
+            if phase == "alternate" and self.config.train.diagnostics_images > 0:
+                metrics |= self._calibration_report(model, val_set, settings)
             return metrics
 
         return validate
+
+    def _calibration_report(self, model: HiDiff, val_set: Dataset, settings) -> dict[str, float]:
+        """Refiner diagnostics on the first validation images: figures and tables under
+        ``output_dir/diagnostics/alternate_<step>_*``, and summary metrics for the validation log."""
+        from ..diagnostics import diagnose, write_diagnostics
+
+        result = diagnose(
+            model,
+            val_set,
+            steps=settings.steps,
+            sampler=settings.sampler,
+            max_images=self.config.train.diagnostics_images,
+            batch_size=self.config.data.batch_size,
+            seed=self.config.train.seed,
+            device=self.device,
+            progress=False,
+        )
+        step = self.steps["alternate"]
+        write_diagnostics(result, self.output_dir / "diagnostics", prefix=f"alternate_{step:06d}_")
+        rows = result.timesteps
+        return {
+            "eps_bce": sum(r.bce for r in rows) / len(rows),
+            "eps_bce_prior_only": sum(r.bce_prior_only for r in rows) / len(rows),
+            "eps_bce_gain_min": min(r.bce_prior_only - r.bce for r in rows),
+            "chain_dice": result.dice_chain,
+        }
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.config.optim.amp)
@@ -596,6 +625,14 @@ class Trainer:
             opt.load_state_dict(state["optimizers"][name])
         for name, sched in self.schedulers.items():
             sched.load_state_dict(state["schedulers"][name])
+            # The saved PolyLambda carries the old run's horizon; a resumed run decays over the
+            # iterations configured now (a longer run must not sit at lr 0 after the old end).
+            for poly in sched.lr_lambdas:
+                poly.iterations = self._horizon(name)
+            for group, base_lr, poly in zip(
+                self.optimizers[name].param_groups, sched.base_lrs, sched.lr_lambdas, strict=True
+            ):
+                group["lr"] = base_lr * poly(sched.last_epoch)
         for name, scaler in self.scalers.items():
             scaler.load_state_dict(state["scalers"][name])
         self.steps = {phase: int(state["steps"][phase]) for phase in PHASES}

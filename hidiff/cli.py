@@ -5,6 +5,7 @@ Examples::
     hidiff train --config configs/kvasir.yaml --set train.pretrain_iterations=2000
     torchrun --nproc_per_node 2 -m hidiff.cli train --config configs/kvasir.yaml
     hidiff evaluate --checkpoint runs/kvasir/best.pt --split test --output runs/kvasir/test.json
+    hidiff diagnose --checkpoint runs/kvasir/best.pt --split val
     hidiff segment polyp.jpg --checkpoint runs/kvasir/best.pt --output-dir masks/
     hidiff demo
     hidiff flops --markdown table_xi.md --csv table_xi.csv
@@ -114,9 +115,12 @@ def _writable_dir(path: str, what: str) -> None:
             break
 
 
-def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_sampling_arguments(parser: argparse.ArgumentParser, ensemble: bool = True) -> None:
     parser.add_argument("--steps", type=_positive_int, default=None, help="reverse diffusion steps (default: all T)")
-    parser.add_argument("--samples", type=_positive_int, default=1, help="ensemble size: samples averaged per image")
+    if ensemble:
+        parser.add_argument(
+            "--samples", type=_positive_int, default=1, help="ensemble size: samples averaged per image"
+        )
     parser.add_argument("--sampler", choices=("ddim", "ancestral"), default="ddim")
     parser.add_argument("--seed", type=_seed, default=0, help="sampling seed (same seed, same masks)")
     parser.add_argument("--no-ema", action="store_true", help="use the raw refiner weights instead of the EMA")
@@ -173,6 +177,35 @@ def _command_evaluate(args: argparse.Namespace) -> int:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(vars(result), indent=2, default=float))
         logger.info("wrote %s", output)
+    return 0
+
+
+def _command_diagnose(args: argparse.Namespace) -> int:
+    from .data import build_dataset
+    from .diagnostics import diagnose, format_diagnostics, write_diagnostics
+    from .inference import load_model
+    from .training.launch import dataset_kwargs
+
+    model, config = load_model(args.checkpoint, use_ema=not args.no_ema, device=args.device)
+    root = args.data_root if args.data_root is not None else config.data.root
+    dataset = build_dataset(config.data.name, root, args.split, **dataset_kwargs(config))
+    result = diagnose(
+        model,
+        dataset,
+        steps=args.steps,
+        sampler=args.sampler,
+        max_images=args.max_images,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+    )
+    print(f"## Refiner diagnostics: {config.data.name} / {args.split}\n")
+    print(format_diagnostics(result))
+    output_dir = (
+        Path(args.output_dir) if args.output_dir else Path(args.checkpoint).parent / f"diagnostics_{args.split}"
+    )
+    for kind, path in write_diagnostics(result, output_dir).items():
+        logger.info("wrote %s (%s)", path, kind)
     return 0
 
 
@@ -273,6 +306,24 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--output", help="write the results as JSON")
     _add_sampling_arguments(evaluate)
     evaluate.set_defaults(handler=_command_evaluate)
+
+    diagnose = commands.add_parser(
+        "diagnose",
+        help="refiner calibration per timestep and reverse-chain statistics, with figures",
+        description="Per timestep: true flip rate vs mean eps_hat, eps BCE vs the constant and the prior-only "
+        "Bayes denoiser, Dice of y_t and of y0_hat; per sampler step: Dice of the chain state and the fraction "
+        "flipped. Writes diagnostics.json/.md, reliability.png and chain.png.",
+    )
+    diagnose.add_argument("--checkpoint", required=True, help="trainer checkpoint (best.pt or latest.pt)")
+    diagnose.add_argument("--split", default="val", help="dataset split (default: val)")
+    diagnose.add_argument("--data-root", default=None, help="dataset folder (default: the one in the checkpoint)")
+    diagnose.add_argument("--batch-size", type=int, default=8)
+    diagnose.add_argument("--max-images", type=int, default=None, help="measure only the first N images")
+    diagnose.add_argument(
+        "--output-dir", default=None, help="where the figures and tables go (default: beside the checkpoint)"
+    )
+    _add_sampling_arguments(diagnose, ensemble=False)
+    diagnose.set_defaults(handler=_command_diagnose)
 
     segment = commands.add_parser("segment", help="segment image files: masks (PNG) and overlay figures")
     segment.add_argument("images", nargs="+", help="image files (JPEG, PNG, TIFF, ...)")

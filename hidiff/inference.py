@@ -45,7 +45,10 @@ def load_model(
     for key in ("config", "segmentor", "refiner"):
         if key not in state:
             raise ValueError(f"{checkpoint} is not a HiDiff trainer checkpoint (no {key!r} entry)")
-    config = TrainingConfig.from_dict(state["config"])
+    config_dict = state["config"]
+    # Checkpoints written before the residual output existed hold the paper's direct form.
+    config_dict.get("diffusion", {}).setdefault("parameterization", "direct")
+    config = TrainingConfig.from_dict(config_dict)
     segmentor_state = state["segmentor"]
     refiner_state = state["ema"]["shadow"] if use_ema and "ema" in state else state["refiner"]
     in_channels, num_classes = _image_and_class_channels(refiner_state)

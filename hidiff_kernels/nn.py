@@ -50,8 +50,9 @@ class ApproxSign(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
         (x,) = ctx.saved_tensors
-        magnitude = x.abs()
-        return grad * torch.where(magnitude < 1, 2 - 2 * magnitude, torch.zeros_like(x))
+        # 2 - 2|x| on (-1, 1), 0 elsewhere: one temporary and in-place passes (the STE backward is a large
+        # share of a training step's elementwise time).
+        return (1 - x.abs()).clamp_(min=0).mul_(grad).mul_(2)
 
 
 class WeightSign(torch.autograd.Function):

@@ -210,7 +210,8 @@ def output_names(paths: Sequence[str | Path]) -> list[str]:
     """Distinct output names of image files: their stems, made unique where stems repeat.
 
     Files whose stems are unique keep them (``frame.png`` -> ``frame``). Where several files share a stem, their names
-    are their paths relative to the inputs' common folder, folders joined by ``__`` (``a/x.jpg``, ``b/x.jpg`` -> ``a__x``,
+    are their paths relative to the inputs' common folder, folders joined by ``__``
+    (``a/x.jpg``, ``b/x.jpg`` -> ``a__x``,
     ``b__x``), with the extension appended if that is still not enough (``x.jpg``, ``x.png`` -> ``x.jpg``, ``x.png``).
 
     Raises:

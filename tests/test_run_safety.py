@@ -10,13 +10,12 @@ import torch
 import yaml
 from PIL import Image
 
-from hidiff import cli
+from hidiff import cli, inference
 from hidiff.data import KvasirSEG
 from hidiff.data.base import read_image as read_data_image
 from hidiff.data.base import to_binary
 from hidiff.data.transforms import to_image_tensor
 from hidiff.evaluation import RefineSettings
-from hidiff import inference
 from hidiff.inference import load_model, read_image, segment_files
 from hidiff.training import TrainingConfig, run_training
 from hidiff.training.checkpoint import load_checkpoint, save_checkpoint
@@ -109,7 +108,8 @@ def test_output_names_are_distinct(tmp_path):
     (tmp_path / "a" / "other.jpg").touch()
     paths = [tmp_path / "a" / "same.jpg", tmp_path / "b" / "same.jpg", tmp_path / "a" / "other.jpg"]
     assert inference.output_names(paths) == ["a__same", "b__same", "other"]
-    assert inference.output_names([tmp_path / "a" / "same.jpg", tmp_path / "a" / "same.png"]) == ["same.jpg", "same.png"]
+    same_stem = [tmp_path / "a" / "same.jpg", tmp_path / "a" / "same.png"]
+    assert inference.output_names(same_stem) == ["same.jpg", "same.png"]
     with pytest.raises(ValueError, match="twice"):
         inference.output_names([tmp_path / "a" / "same.jpg", tmp_path / "a" / ".." / "a" / "same.jpg"])
 
@@ -228,9 +228,8 @@ def test_cli_validates_paths_before_work(run_dir, tmp_path, caplog, monkeypatch)
 
 
 def test_cli_corrupt_image_during_evaluate_is_one_line(run_dir, tmp_path, caplog, monkeypatch):
-    from hidiff.data.base import DataFileError
-
     import hidiff.evaluation
+    from hidiff.data.base import DataFileError
 
     def corrupt(*args, **kwargs):
         raise DataFileError("cannot read /x/broken.jpg as an image: UnidentifiedImageError: nope")

@@ -98,7 +98,8 @@ def diffusion_loss(
 
     The model posterior ``mu_hat`` is formed from the calibrated ``y0_hat = |y_t - eps_hat|``
     (``model_posterior``: the mixture of the exact posteriors, whose KL is minimised by the true
-    ``P(y0 | y_t)``, or the paper's plug-in into Eq. 7); the true one is Eq. 7 at ``y0``. For samples with ``first_step`` (t = 0) the KL is replaced by the decoder negative
+    ``P(y0 | y_t)``, or the paper's plug-in into Eq. 7); the true one is Eq. 7 at ``y0``. For samples
+    with ``first_step`` (t = 0) the KL is replaced by the decoder negative
     log-likelihood of ``y0`` under ``y0_hat`` (``first_step_term="y0_hat"``, the public code) or
     under ``mu_hat`` (``"posterior"``). Every sample of the batch takes its own branch.
 

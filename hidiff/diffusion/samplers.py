@@ -14,7 +14,8 @@ between visits ``t -> s`` the state is redrawn with
   (``posterior="plugin"``; see :data:`hidiff.diffusion.process.MODEL_POSTERIORS`);
 - DDIM: ``coef = (sigma, abar_s - sigma * abar_t)`` with ``sigma = (1 - abar_s) / (1 - abar_t)``.
 
-With an exact denoiser (one that knows y0) both keep the forward marginals ``Bernoulli(abar_s y0 + (1 - abar_s) p)``. The
+With an exact denoiser (one that knows y0) both keep the forward marginals
+``Bernoulli(abar_s y0 + (1 - abar_s) p)``. The
 last visit (timestep 0 unless a single step is asked for) returns the continuous ``y0_hat = |y_t -
 eps_hat|`` instead of drawing.
 """

@@ -143,7 +143,7 @@ class Trainer:
         self._segmentor_ddp = self._wrap(self.segmentor)
         self._refiner_ddp = self._wrap(self.refiner)
 
-        optim, train = config.optim, config.train
+        optim = config.optim
         self.optimizers: dict[str, torch.optim.Optimizer] = {
             "pretrain": self._adamw(self.segmentor),
             "segmentor": self._adamw(self.segmentor),

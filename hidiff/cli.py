@@ -116,22 +116,39 @@ def _writable_dir(path: str, what: str) -> None:
 
 
 def _add_sampling_arguments(parser: argparse.ArgumentParser, ensemble: bool = True) -> None:
-    parser.add_argument("--steps", type=_positive_int, default=None, help="reverse diffusion steps (default: all T)")
+    parser.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=None,
+        help="reverse diffusion steps (default: the checkpoint's diffusion.sample_steps; null there: all T)",
+    )
     if ensemble:
         parser.add_argument(
-            "--samples", type=_positive_int, default=1, help="ensemble size: samples averaged per image"
+            "--samples",
+            type=_positive_int,
+            default=None,
+            help="ensemble size: samples averaged per image (default: the checkpoint's diffusion.ensemble)",
         )
-    parser.add_argument("--sampler", choices=("ddim", "ancestral"), default="ddim")
+    parser.add_argument(
+        "--sampler", choices=("ddim", "ancestral"), default=None, help="default: the checkpoint's diffusion.sampler"
+    )
     parser.add_argument("--seed", type=_seed, default=0, help="sampling seed (same seed, same masks)")
     parser.add_argument("--no-ema", action="store_true", help="use the raw refiner weights instead of the EMA")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     parser.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: torch's choice)")
 
 
-def _settings(args: argparse.Namespace):
+def _settings(args: argparse.Namespace, config):
+    """Sampler settings: the command line's where given, else the checkpoint configuration's (chosen on validation)."""
     from .evaluation import RefineSettings
 
-    return RefineSettings(steps=args.steps, samples=args.samples, sampler=args.sampler, seed=args.seed)
+    diffusion = config.diffusion
+    return RefineSettings(
+        steps=args.steps if args.steps is not None else diffusion.sample_steps,
+        samples=args.samples if args.samples is not None else diffusion.ensemble,
+        sampler=args.sampler if args.sampler is not None else diffusion.sampler,
+        seed=args.seed,
+    )
 
 
 def _command_train(args: argparse.Namespace) -> int:
@@ -161,7 +178,7 @@ def _command_evaluate(args: argparse.Namespace) -> int:
     result = evaluate(
         model,
         dataset,
-        settings=_settings(args),
+        settings=_settings(args, config),
         refine=not args.no_refine,
         batch_size=args.batch_size,
         # Readers that train on crops of larger images (DRIVE, CHASE_DB1) are evaluated by a sliding window.
@@ -192,8 +209,8 @@ def _command_diagnose(args: argparse.Namespace) -> int:
     result = diagnose(
         model,
         dataset,
-        steps=args.steps,
-        sampler=args.sampler,
+        steps=args.steps if args.steps is not None else config.diffusion.sample_steps,
+        sampler=args.sampler if args.sampler is not None else config.diffusion.sampler,
         max_images=args.max_images,
         batch_size=args.batch_size,
         seed=args.seed,
@@ -220,7 +237,7 @@ def _command_segment(args: argparse.Namespace) -> int:
     image_size = args.image_size if args.image_size is not None else config.data.image_size
     if image_size is None:
         raise ValueError("the model was trained without a fixed image size: pass --image-size")
-    written = segment_files(model, args.images, args.output_dir, image_size, _settings(args))
+    written = segment_files(model, args.images, args.output_dir, image_size, _settings(args, config))
     for path in written:
         print(path)
     return 0
@@ -236,6 +253,7 @@ def _command_demo(args: argparse.Namespace) -> int:
         pretrain_iterations=args.pretrain_iterations,
         alternate_iterations=args.alternate_iterations,
         seed=args.seed,
+        samples=args.samples,
     )
     return 0
 
@@ -344,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--pretrain-iterations", type=_positive_int, default=None)
     demo.add_argument("--alternate-iterations", type=_positive_int, default=None)
     demo.add_argument("--seed", type=_seed, default=0)
+    demo.add_argument(
+        "--samples", type=_positive_int, default=None, help="ensemble size of the refinement (default: the preset's)"
+    )
     demo.set_defaults(handler=_command_demo)
 
     from .profiling import METHODS, SEGMENTORS

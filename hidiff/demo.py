@@ -20,6 +20,7 @@ from torch import Tensor
 from hidiff_kernels.nn import packed_kernels
 
 from .data import build_dataset
+from .diagnostics import diagnose, write_diagnostics
 from .evaluation import RefineSettings, evaluate
 from .inference import load_model
 from .metrics import format_report
@@ -42,11 +43,14 @@ class DemoPreset:
     refiner_channels: int
     pretrain_iterations: int
     alternate_iterations: int
+    ensemble: int
+    sample_steps: int | None
 
 
+#: Iterations and sampler settings chosen on the validation split (see the README's demo section).
 PRESETS = {
-    "synthetic": DemoPreset("synthetic", 64, 8, 16, 32, 300, 120),
-    "kvasir": DemoPreset("kvasir", 128, 8, 16, 32, 300, 120),
+    "synthetic": DemoPreset("synthetic", 64, 8, 16, 32, 300, 400, 16, None),
+    "kvasir": DemoPreset("kvasir", 128, 8, 16, 32, 300, 400, 16, None),
 }
 
 
@@ -57,6 +61,7 @@ def demo_config(
     pretrain: int | None,
     alternate: int | None,
     seed: int,
+    samples: int | None = None,
 ) -> TrainingConfig:
     """The demo's training configuration (saved beside its checkpoints like any other run)."""
     preset = PRESETS["kvasir" if data else "synthetic"]
@@ -79,6 +84,10 @@ def demo_config(
                 "refiner_channels": preset.refiner_channels,
                 "binary": True,
             },
+            "diffusion": {
+                "ensemble": preset.ensemble if samples is None else samples,
+                "sample_steps": preset.sample_steps,
+            },
             "optim": {"lr": 1e-3, "ema_decay": 0.99, "ema_warmup": True},
             "train": {
                 "pretrain_iterations": preset.pretrain_iterations if pretrain is None else pretrain,
@@ -86,6 +95,7 @@ def demo_config(
                 "log_interval": 25,
                 "eval_interval": 0,
                 "checkpoint_interval": 0,
+                "diagnostics_images": 32,
                 "seed": seed,
             },
             "output_dir": str(output_dir),
@@ -123,7 +133,7 @@ def time_refinement(model: HiDiff, image: Tensor, repeats: int = 3) -> dict[str,
     return {"packed": packed, "float": simulated, "speedup": simulated / packed}
 
 
-def save_demo_figure(model: HiDiff, dataset, path: Path, count: int = 4, seed: int = 0) -> Path:
+def save_demo_figure(model: HiDiff, dataset, path: Path, settings: RefineSettings, count: int = 4) -> Path:
     """Rows of (image, segmentor prior, refined map, ground truth) for the first ``count`` samples."""
     import matplotlib
 
@@ -137,7 +147,15 @@ def save_demo_figure(model: HiDiff, dataset, path: Path, count: int = 4, seed: i
         image = sample["image"][None]
         with torch.no_grad():
             prior, features = model.prior(image)
-            refined = model.refine_from_prior(image, prior, features, seed=seed)
+            refined = model.refine_from_prior(
+                image,
+                prior,
+                features,
+                steps=settings.steps,
+                samples=settings.samples,
+                sampler=settings.sampler,
+                seed=settings.seed,
+            )
         channel = 0 if prior.shape[1] == 1 else slice(1, None)
         panels = (
             ("image", sample["image"].permute(1, 2, 0).clamp(0, 1).numpy()),
@@ -162,6 +180,7 @@ def run_demo(
     pretrain_iterations: int | None = None,
     alternate_iterations: int | None = None,
     seed: int = 0,
+    samples: int | None = None,
 ) -> dict:
     """Trains, evaluates and times a small HiDiff; prints a report and returns its numbers.
 
@@ -171,11 +190,13 @@ def run_demo(
         image_size: training/evaluation resolution (default per dataset, divisible by 32).
         pretrain_iterations, alternate_iterations: override the preset's iteration counts.
         seed: training and sampling seed.
+        samples: override the preset's ensemble size (samples averaged per image).
 
     Returns:
-        ``{"segmentor": metrics, "refined": metrics, "timing": {...}, "figure": path}``.
+        ``{"segmentor": metrics, "refined": metrics, "timing": {...}, "figure": path, "diagnostics":
+        the refiner's Diagnostics on the validation split}``.
     """
-    config = demo_config(data, output_dir, image_size, pretrain_iterations, alternate_iterations, seed)
+    config = demo_config(data, output_dir, image_size, pretrain_iterations, alternate_iterations, seed, samples)
     start = time.perf_counter()
     # The demo reruns into the same folder every time: replacing the previous demo run is intended.
     run_dir = run_training(config, device="cpu", overwrite=True)
@@ -183,16 +204,34 @@ def run_demo(
     checkpoint = run_dir / "best.pt" if (run_dir / "best.pt").is_file() else run_dir / "latest.pt"
     model, _ = load_model(checkpoint)
 
-    test_split = "test"
-    test_set = build_dataset(config.data.name, config.data.root, test_split, **dataset_kwargs(config))
-    result = evaluate(model, test_set, settings=RefineSettings(seed=seed), batch_size=8)
+    kwargs = dataset_kwargs(config)
+    val_set = build_dataset(config.data.name, config.data.root, "val", **kwargs)
+    diagnostics = diagnose(model, val_set, max_images=32, seed=seed, progress=False)
+    write_diagnostics(diagnostics, run_dir / "diagnostics_val")
+    test_set = build_dataset(config.data.name, config.data.root, "test", **kwargs)
+    settings = RefineSettings(
+        steps=config.diffusion.sample_steps,
+        samples=config.diffusion.ensemble,
+        sampler=config.diffusion.sampler,
+        seed=seed,
+    )
+    result = evaluate(model, test_set, settings=settings, batch_size=8)
     timing = time_refinement(model, test_set[0]["image"][None])
-    figure = save_demo_figure(model, test_set, run_dir / "demo.png", seed=seed)
+    figure = save_demo_figure(model, test_set, run_dir / "demo.png", settings)
 
     size = config.data.image_size
+    steps = len(model.diffusion.timesteps(settings.steps))
+    gains = " ".join(f"{row.bce_prior_only - row.bce:+.4f}" for row in diagnostics.timesteps)
     lines = [
         f"HiDiff demo on {config.data.name} ({size}x{size}), trained in {train_seconds:.0f} s on CPU",
-        f"test split: {result.num_images} images, DDIM with {model.diffusion.num_steps} steps",
+        "",
+        f"Refiner calibration on {diagnostics.num_images} validation images "
+        f"(figures in {run_dir / 'diagnostics_val'}):",
+        f"  eps BCE gain over the prior-only Bayes denoiser, t = 0..{model.diffusion.num_steps - 1}: {gains}",
+        f"  learned beyond the segmentor's prior at every t: {'yes' if diagnostics.learned_beyond_prior else 'no'}",
+        "",
+        f"test split: {result.num_images} images, {settings.sampler.upper()} with {steps} steps, "
+        f"mean of {settings.samples} samples",
         "",
         "Segmentor alone:",
         format_report(result.segmentor),
@@ -200,11 +239,17 @@ def run_demo(
         "HiDiff (binary refiner):",
         format_report(result.refined),
         "",
-        f"One refinement ({model.diffusion.num_steps} steps, batch 1, {torch.get_num_threads()} threads):",
+        f"One refinement sample ({steps} steps, batch 1, {torch.get_num_threads()} threads):",
         f"  packed binary kernels: {timing['packed'] * 1000:.0f} ms",
         f"  same refiner in float: {timing['float'] * 1000:.0f} ms  ({timing['speedup']:.2f}x slower)",
         "",
         f"figure: {figure}",
     ]
     print("\n".join(lines))
-    return {"segmentor": result.segmentor, "refined": result.refined, "timing": timing, "figure": figure}
+    return {
+        "segmentor": result.segmentor,
+        "refined": result.refined,
+        "timing": timing,
+        "figure": figure,
+        "diagnostics": diagnostics,
+    }

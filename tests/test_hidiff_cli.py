@@ -148,8 +148,12 @@ def test_field_of_view_restricts_scoring():
 
 
 def test_demo_runs_and_reports_both_timings(tmp_path, capsys):
-    result = run_demo(output_dir=tmp_path / "demo", image_size=32, pretrain_iterations=1, alternate_iterations=1)
+    result = run_demo(
+        output_dir=tmp_path / "demo", image_size=32, pretrain_iterations=1, alternate_iterations=1, samples=2
+    )
     printed = capsys.readouterr().out
     assert "Segmentor alone" in printed and "packed binary kernels" in printed
+    assert "mean of 2 samples" in printed and "prior-only Bayes denoiser" in printed
+    assert (tmp_path / "demo" / "diagnostics_val" / "reliability.png").is_file()
     assert result["timing"]["packed"] > 0 and result["timing"]["float"] > 0
     assert result["figure"].is_file()

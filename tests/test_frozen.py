@@ -247,9 +247,14 @@ def test_frozen_binary_refiner_matches_eval(channels, num_classes, xformer):
     assert eps_frozen.shape == eps_ref.shape and eps_frozen.dtype == torch.float32
 
 
-def test_frozen_real_refiner_matches_eval():
+@pytest.mark.parametrize("residual", [False, True], ids=["direct", "residual"])
+def test_frozen_real_refiner_matches_eval(residual):
     refiner = make_refiner(32, binary=False)
+    if residual:  # the residual output around the prior-only denoiser, with its per-timestep flip scales
+        refiner.prior_flip_rates = tuple(0.05 + 0.09 * t for t in range(10))
     frozen = freeze(refiner, TIMESTEPS)
+    assert frozen.prior_flip_rates == refiner.prior_flip_rates
+    assert FrozenBBDM.from_state_dict(frozen.state_dict()).prior_flip_rates == refiner.prior_flip_rates
     assert not any(isinstance(m, FusedBinaryConv2d) for m in frozen.modules())
     inputs = make_inputs(refiner, batch=2)
     with torch.inference_mode():

@@ -446,3 +446,29 @@ def test_hidiff_checks_compatibility():
         HiDiff(segmentor, BBDM(1, 1, model_channels=32, cond_channels=segmentor.feature_channels), diffusion)
     with pytest.raises(TypeError, match="diffusion must have"):
         HiDiff(segmentor, BBDM(3, 1, model_channels=32, cond_channels=segmentor.feature_channels), object())
+
+
+def test_residual_refiner_starts_as_the_prior_only_bayes_denoiser():
+    """With the zero-initialised head, the residual output is exactly (1 - abar_t) |y_t - p| (clamped)."""
+    from hidiff.diffusion import BernoulliDiffusion, prior_flip_rate
+    from hidiff.models.layers import PRIOR_RATE_FLOOR
+
+    diffusion = BernoulliDiffusion(num_steps=10)
+    torch.manual_seed(0)
+    segmentor = UNet(3, 1, base_channels=4)
+    refiner = BBDM(
+        3, 1, model_channels=32, cond_channels=segmentor.feature_channels, prior_flip_rates=diffusion.flip_scales
+    ).eval()
+    image = torch.rand(2, 3, 64, 64)
+    prior = torch.rand(2, 1, 64, 64)
+    y_t = (torch.rand(2, 1, 64, 64) < 0.5).float()
+    t = torch.tensor([0, 9])
+    _, features = segmentor(image)
+    with torch.no_grad():
+        eps_hat = refiner(image, y_t, prior, t, features)
+    expected = prior_flip_rate(y_t, prior, (1 - diffusion.alphas_cumprod[t]).float())
+    torch.testing.assert_close(eps_hat, expected.clamp(PRIOR_RATE_FLOOR, 1 - PRIOR_RATE_FLOOR), atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="prior_flip_rates"):
+        refiner(image, y_t, prior, torch.tensor([0, 10]), features)
+    with pytest.raises(ValueError, match="prior_flip_rates"):
+        BBDM(3, 1, model_channels=32, cond_channels=segmentor.feature_channels, prior_flip_rates=[1.5])

@@ -175,26 +175,51 @@ def _command_evaluate(args: argparse.Namespace) -> int:
     model, config = load_model(args.checkpoint, use_ema=not args.no_ema, device=args.device)
     root = args.data_root if args.data_root is not None else config.data.root
     dataset = build_dataset(config.data.name, root, args.split, **dataset_kwargs(config))
-    result = evaluate(
-        model,
-        dataset,
-        settings=_settings(args, config),
-        refine=not args.no_refine,
-        batch_size=args.batch_size,
-        # Readers that train on crops of larger images (DRIVE, CHASE_DB1) are evaluated by a sliding window.
-        window=args.window or getattr(dataset, "crop_size", None),
-        device=args.device,
-    )
-    print(f"## {config.data.name} / {args.split}: {result.num_images} images\n")
-    print("### Segmentor alone\n\n" + format_report(result.segmentor))
-    if result.refined is not None:
-        print("\n### HiDiff (refined)\n\n" + format_report(result.refined))
+    # Readers that train on crops of larger images (DRIVE, CHASE_DB1) are evaluated by a sliding window.
+    window = args.window or getattr(dataset, "crop_size", None)
+    if args.seeds:
+        from .comparison import compare, format_comparison
+
+        if args.no_refine:
+            raise ValueError("--seeds compares the refined masks with the segmentor's: drop --no-refine")
+        comparison = compare(
+            model,
+            dataset,
+            _settings(args, config),
+            args.seeds,
+            batch_size=args.batch_size,
+            window=window,
+            device=args.device,
+        )
+        print(f"## {config.data.name} / {args.split}: segmentor vs HiDiff, paired per image\n")
+        print(format_comparison(comparison))
+        report = vars(comparison)
+    else:
+        result = evaluate(
+            model,
+            dataset,
+            settings=_settings(args, config),
+            refine=not args.no_refine,
+            batch_size=args.batch_size,
+            window=window,
+            device=args.device,
+        )
+        print(f"## {config.data.name} / {args.split}: {result.num_images} images\n")
+        print("### Segmentor alone\n\n" + format_report(result.segmentor))
+        if result.refined is not None:
+            print("\n### HiDiff (refined)\n\n" + format_report(result.refined))
+        report = vars(result)
     if args.output:
         output = Path(args.output)
         output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(vars(result), indent=2, default=float))
+        output.write_text(json.dumps(report, indent=2, default=_json_value))
         logger.info("wrote %s", output)
     return 0
+
+
+def _json_value(value: object) -> object:
+    """JSON form of the numpy values in results: arrays as nested lists, scalars as floats."""
+    return value.tolist() if hasattr(value, "tolist") else float(value)
 
 
 def _command_diagnose(args: argparse.Namespace) -> int:
@@ -321,6 +346,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="sliding-window size (default: the crop size of DRIVE, CHASE_DB1)",
     )
     evaluate.add_argument("--no-refine", action="store_true", help="evaluate the segmentor only")
+    evaluate.add_argument(
+        "--seeds",
+        type=_seed,
+        nargs="+",
+        default=None,
+        help="compare HiDiff with its segmentor per image over these sampling seeds, with a bootstrap CI",
+    )
     evaluate.add_argument("--output", help="write the results as JSON")
     _add_sampling_arguments(evaluate)
     evaluate.set_defaults(handler=_command_evaluate)

@@ -38,6 +38,8 @@ class EvaluationResult:
     segmentor_seconds: float
     refine_seconds: float
     settings: dict = field(default_factory=dict)
+    per_image: dict = field(default_factory=dict)
+    """``{"segmentor": {metric: (N, classes)}, "refined": ...}`` float64 arrays, images in dataset order."""
 
 
 @dataclass
@@ -176,6 +178,8 @@ def evaluate(
     return EvaluationResult(
         segmentor=seg_metrics.compute(),
         refined=ref_metrics.compute() if ref_metrics is not None else None,
+        per_image={"segmentor": seg_metrics.per_image()}
+        | ({"refined": ref_metrics.per_image()} if ref_metrics is not None else {}),
         num_images=count,
         segmentor_seconds=seg_seconds,
         refine_seconds=refine_seconds,

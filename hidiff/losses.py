@@ -16,7 +16,14 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DiscriminativeLoss", "cross_entropy_loss", "dice_loss", "discriminative_loss", "discriminative_loss_terms"]
+__all__ = [
+    "DiscriminativeLoss",
+    "cross_entropy_loss",
+    "dice_loss",
+    "discriminative_loss",
+    "discriminative_loss_terms",
+    "soft_dice_loss",
+]
 
 
 class DiscriminativeLoss(NamedTuple):
@@ -77,7 +84,21 @@ def dice_loss(logits: torch.Tensor, y0: torch.Tensor, smooth: float = 1.0) -> to
     _check(logits, y0)
     if not smooth > 0:
         raise ValueError(f"smooth must be > 0, got {smooth}")
-    probs, y0 = _probabilities(logits), y0.float()
+    return soft_dice_loss(_probabilities(logits), y0, smooth)
+
+
+def soft_dice_loss(probs: torch.Tensor, y0: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """:func:`dice_loss` on probabilities: ``1 - (2 |P Y| + s) / (|P| + |Y| + s)`` per sample and class, averaged.
+
+    Args:
+        probs: float (B, K, H, W) probabilities in [0, 1] (e.g. the refiner's ``y0_hat``).
+        y0: float (B, K, H, W) target in {0, 1}.
+        smooth: the smoothing constant s > 0.
+
+    Returns:
+        Scalar float32 tensor in [0, 1].
+    """
+    probs, y0 = probs.float(), y0.float()
     intersection = (probs * y0).sum(dim=(2, 3))
     total = probs.sum(dim=(2, 3)) + y0.sum(dim=(2, 3))
     return 1.0 - ((2.0 * intersection + smooth) / (total + smooth)).mean()

@@ -43,6 +43,7 @@ class BernoulliDiffusion:
         model_posterior: how ``p_theta(y_{t-1} | y_t)`` is formed from ``y0_hat`` in the KL term and
             the ancestral sampler: ``"mixture"`` (default, exact for a calibrated ``y0_hat``) or
             ``"plugin"`` (the paper's Eq. 10), see :data:`hidiff.diffusion.process.MODEL_POSTERIORS`.
+        dice_weight: weight (>= 0) of a soft Dice loss on ``y0_hat`` (0: the paper's loss).
     """
 
     def __init__(
@@ -53,6 +54,7 @@ class BernoulliDiffusion:
         focal_weight: float = 1.0,
         first_step_term: str = "y0_hat",
         model_posterior: str = "mixture",
+        dice_weight: float = 0.0,
     ) -> None:
         if focal_gamma < 0:
             raise ValueError(f"focal_gamma must be >= 0, got {focal_gamma}")
@@ -65,6 +67,9 @@ class BernoulliDiffusion:
         if model_posterior not in MODEL_POSTERIORS:
             raise ValueError(f"model_posterior must be one of {MODEL_POSTERIORS}, got {model_posterior!r}")
         self.model_posterior = model_posterior
+        if dice_weight < 0:
+            raise ValueError(f"dice_weight must be >= 0, got {dice_weight}")
+        self.dice_weight = float(dice_weight)
         self.focal_gamma = float(focal_gamma)
         self.focal_weight = float(focal_weight)
 
@@ -72,7 +77,8 @@ class BernoulliDiffusion:
         return (
             f"{type(self).__name__}(num_steps={self.num_steps}, schedule={self.schedule.name!r}, "
             f"focal_gamma={self.focal_gamma}, focal_weight={self.focal_weight}, "
-            f"first_step_term={self.first_step_term!r}, model_posterior={self.model_posterior!r})"
+            f"first_step_term={self.first_step_term!r}, model_posterior={self.model_posterior!r}, "
+            f"dice_weight={self.dice_weight})"
         )
 
     @property
@@ -209,6 +215,7 @@ class BernoulliDiffusion:
             self.focal_weight,
             self.first_step_term,
             self.model_posterior,
+            self.dice_weight,
         )
 
     def sample(

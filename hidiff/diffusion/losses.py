@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..losses import soft_dice_loss
 from .process import MODEL_POSTERIORS, calibrate, model_posterior_mean, posterior_mean
 
 __all__ = [
@@ -35,14 +36,16 @@ class DiffusionLoss:
     """Scalar terms of the diffusion loss.
 
     Attributes:
-        total: ``kl + focal_weight * focal``, the tensor to back-propagate.
+        total: ``kl + focal_weight * focal + dice_weight * dice``, the tensor to back-propagate.
         kl: batch mean of the per-sample KL term (decoder NLL for samples with t = 0).
-        focal: batch mean of the focal loss between eps_hat and eps.
+        focal: batch mean of the focal loss between eps_hat and eps (BCE at gamma = 0).
+        dice: soft Dice loss of ``y0_hat`` against ``y0`` (computed whatever its weight).
     """
 
     total: Tensor
     kl: Tensor
     focal: Tensor
+    dice: Tensor
 
 
 def _clamp(p: Tensor) -> Tensor:
@@ -93,6 +96,7 @@ def diffusion_loss(
     focal_weight: float = 1.0,
     first_step_term: str = "y0_hat",
     model_posterior: str = "mixture",
+    dice_weight: float = 0.0,
 ) -> DiffusionLoss:
     """``L_Diff = KL(q(y_{t-1} | y_t, y0, p) || p_theta(y_{t-1} | y_t, p)) + focal_weight * Focal(eps_hat, eps)``.
 
@@ -117,6 +121,8 @@ def diffusion_loss(
         focal_gamma, focal_weight: focal exponent (0: BCE) and weight (lambda_focal).
         first_step_term: ``"y0_hat"`` or ``"posterior"`` (see :data:`FIRST_STEP_TERMS`).
         model_posterior: ``"mixture"`` or ``"plugin"`` (see :data:`hidiff.diffusion.process.MODEL_POSTERIORS`).
+        dice_weight: weight of the soft Dice loss of ``y0_hat = |y_t - eps_hat|`` against ``y0`` (0: the
+            paper's loss). Thresholded ``y0_hat`` is the final mask, and the segmentor's L_Disc has the same term.
 
     Returns:
         :class:`DiffusionLoss` of scalar tensors, differentiable in eps_hat and prior.
@@ -135,8 +141,11 @@ def diffusion_loss(
     mu_hat = model_posterior_mean(y_t, calibrate(y_t, eps_hat), prior, alpha, alpha_bar_prev, model_posterior)
     mu_true = posterior_mean(y_t, y0, prior, alpha, alpha_bar_prev)
     kl = _mean_per_sample(bernoulli_kl(mu_true, mu_hat))
-    decoder = calibrate(y_t, eps_hat) if first_step_term == "y0_hat" else mu_hat
+    y0_hat = calibrate(y_t, eps_hat)
+    decoder = y0_hat if first_step_term == "y0_hat" else mu_hat
     nll = _mean_per_sample(bernoulli_nll(y0, decoder))
     vb = torch.where(first_step.to(kl.device), nll, kl).mean()
     focal = focal_loss(eps_hat, eps, focal_gamma).mean()
-    return DiffusionLoss(total=vb + focal_weight * focal, kl=vb, focal=focal)
+    dice = soft_dice_loss(y0_hat, y0)
+    total = vb + focal_weight * focal + (dice_weight * dice if dice_weight else 0.0)
+    return DiffusionLoss(total=total, kl=vb, focal=focal, dice=dice)

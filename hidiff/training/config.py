@@ -33,6 +33,7 @@ A configuration file has five sections and one top-level key; every key is optio
       first_step_term: y0_hat # t = 0 term: NLL of y0 under "y0_hat" (public code) or the "posterior" (Eq. 7)
       model_posterior: mixture  # p(y_{t-1} | y_t) from y0_hat in the KL and the ancestral sampler: "mixture" of
                                 # the exact posteriors (Bayes) or the paper's "plugin" into Eq. 7
+      dice_weight: 0.0        # weight of a soft Dice loss on y0_hat in L_Diff (0: the paper's loss)
     optim:
       lr: 1.0e-4              # AdamW learning rate (YAML needs the "1.0e-4" form; "1e-4" strings are accepted too)
       weight_decay: 0.01
@@ -134,6 +135,7 @@ class DiffusionConfig:
     focal_weight: float = 1.0
     first_step_term: str = "y0_hat"
     model_posterior: str = "mixture"
+    dice_weight: float = 0.0
 
     def __post_init__(self) -> None:
         _require(self.num_steps > 0, f"diffusion.num_steps must be > 0, got {self.num_steps}")
@@ -151,6 +153,7 @@ class DiffusionConfig:
             f"diffusion.parameterization must be 'residual' or 'direct', got {self.parameterization}",
         )
         _require(self.focal_gamma >= 0, f"diffusion.focal_gamma must be >= 0, got {self.focal_gamma}")
+        _require(self.dice_weight >= 0, f"diffusion.dice_weight must be >= 0, got {self.dice_weight}")
         _require(self.focal_weight >= 0, f"diffusion.focal_weight must be >= 0, got {self.focal_weight}")
         _require(
             self.first_step_term in ("y0_hat", "posterior"),

@@ -55,6 +55,7 @@ def build_model(config: TrainingConfig, in_channels: int, num_classes: int) -> H
         focal_weight=diffusion_config.focal_weight,
         first_step_term=diffusion_config.first_step_term,
         model_posterior=diffusion_config.model_posterior,
+        dice_weight=diffusion_config.dice_weight,
     )
     residual = diffusion_config.parameterization == "residual"
     segmentor = build_segmentor(

@@ -49,8 +49,8 @@ class DemoPreset:
 
 #: Iterations and sampler settings chosen on the validation split (see the README's demo section).
 PRESETS = {
-    "synthetic": DemoPreset("synthetic", 64, 8, 16, 32, 300, 400, 16, None),
-    "kvasir": DemoPreset("kvasir", 128, 8, 16, 32, 300, 400, 16, None),
+    "synthetic": DemoPreset("synthetic", 64, 8, 16, 32, 300, 400, 16, 1),
+    "kvasir": DemoPreset("kvasir", 128, 8, 16, 32, 300, 400, 16, 1),
 }
 
 

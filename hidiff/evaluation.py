@@ -44,10 +44,14 @@ class EvaluationResult:
 
 @dataclass
 class RefineSettings:
-    """How the refiner samples: DDIM/ancestral, number of steps, ensemble size and seed."""
+    """How the refiner samples: DDIM/ancestral, number of steps, ensemble size and seed.
+
+    The default ensemble of 16 matches ``diffusion.ensemble``: one sample is a draw from the
+    refiner's posterior, whose thresholded mask is noisier than the thresholded mean.
+    """
 
     steps: int | None = None
-    samples: int = 1
+    samples: int = 16
     sampler: str = "ddim"
     seed: int = 0
 

@@ -25,7 +25,7 @@ A configuration file has five sections and one top-level key; every key is optio
       schedule: cosine        # "cosine" (paper, squared) or "cosine-unsquared" (public code)
       sampler: ddim           # sampler used by validation: "ddim" or "ancestral"
       sample_steps: null      # respaced number of sampling steps at validation (null: all T)
-      ensemble: 1             # samples averaged per image at validation
+      ensemble: 16            # samples averaged per image (validation, and evaluate/segment by default)
       parameterization: residual  # refiner output: "residual" (logit correction of the prior-only Bayes
                                   # denoiser (1 - abar_t)|y_t - p|) or "direct" (the paper's sigmoid(head))
       focal_gamma: 0.0        # eps loss: 0 is BCE (a proper scoring rule, calibrated eps_hat); the paper's focal: 2
@@ -129,7 +129,7 @@ class DiffusionConfig:
     schedule: str = "cosine"
     sampler: str = "ddim"
     sample_steps: int | None = None
-    ensemble: int = 1
+    ensemble: int = 16
     parameterization: str = "residual"
     focal_gamma: float = 0.0
     focal_weight: float = 1.0

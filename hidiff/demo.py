@@ -21,7 +21,7 @@ from hidiff_kernels.nn import packed_kernels
 
 from .data import build_dataset
 from .diagnostics import diagnose, write_diagnostics
-from .evaluation import RefineSettings, evaluate
+from .evaluation import RefineSettings, evaluate, predict
 from .inference import load_model
 from .metrics import format_report
 from .models import HiDiff
@@ -146,16 +146,8 @@ def save_demo_figure(model: HiDiff, dataset, path: Path, settings: RefineSetting
         sample = dataset[row]
         image = sample["image"][None]
         with torch.no_grad():
-            prior, features = model.prior(image)
-            refined = model.refine_from_prior(
-                image,
-                prior,
-                features,
-                steps=settings.steps,
-                samples=settings.samples,
-                sampler=settings.sampler,
-                seed=settings.seed,
-            )
+            maps = predict(model, image, settings)
+        prior, refined = maps["prior"], maps["refined"]
         channel = 0 if prior.shape[1] == 1 else slice(1, None)
         panels = (
             ("image", sample["image"].permute(1, 2, 0).clamp(0, 1).numpy()),

@@ -107,7 +107,7 @@ def compare(
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError("seeds must hold at least one seed")
-    segmentor_values: dict[str, np.ndarray] = {}
+    segmentor_values: dict[str, np.ndarray] | None = None
     refined_runs: list[dict[str, np.ndarray]] = []
     for seed in seeds:
         result = evaluate(
@@ -119,8 +119,9 @@ def compare(
             device=device,
             progress=progress,
         )
-        # Per image, the mean over classes (NaN-aware for HD95).
-        segmentor_values = {m: _nanmean(result.per_image["segmentor"][m], axis=1) for m in METRICS}
+        # Per image, the mean over classes (NaN-aware for HD95); the segmentor's are the same for every seed.
+        if segmentor_values is None:
+            segmentor_values = {m: _nanmean(result.per_image["segmentor"][m], axis=1) for m in METRICS}
         refined_runs.append({m: _nanmean(result.per_image["refined"][m], axis=1) for m in METRICS})
     refined_mean = {m: np.mean([run[m] for run in refined_runs], axis=0) for m in METRICS}
     gain, interval = {}, {}

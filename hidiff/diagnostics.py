@@ -44,6 +44,7 @@ __all__ = [
     "plot_chain",
     "plot_reliability",
     "timestep_calibration",
+    "write_diagnostics",
 ]
 
 logger = logging.getLogger(__name__)

@@ -520,9 +520,17 @@ class TimeActivation(nn.Module):
         self.shifts = _zero_linear(embed_dim, 2 * channels)
         self.beta = nn.Parameter(torch.full((channels,), float(beta_init)))
 
-    def forward(self, u: Tensor, emb: Tensor) -> Tensor:
+    def time_tables(self, emb: Tensor) -> tuple[Tensor, Tensor]:
+        """The shifts ``gamma(t), zeta(t)`` of ``emb (N, embed_dim)``: float ``(N, C)`` each.
+
+        The one place they are computed: ``forward`` and any inference form that tabulates them per
+        timestep both call it, so a table row equals the on-the-fly value.
+        """
         gamma, zeta = self.shifts(F.silu(emb)).chunk(2, dim=1)
-        return ops.time_activation(u, gamma.contiguous(), zeta.contiguous(), self.beta)
+        return gamma.contiguous(), zeta.contiguous()
+
+    def forward(self, u: Tensor, emb: Tensor) -> Tensor:
+        return ops.time_activation(u, *self.time_tables(emb), self.beta)
 
 
 def _matches(name: str, patterns: Iterable[str]) -> bool:

@@ -31,7 +31,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 import hidiff_kernels as hk
 from hidiff.diffusion import BernoulliDiffusion
 from hidiff.models import BBDM, FrozenBBDM, HiDiff, UNet, freeze
-from hidiff.models.frozen import FrozenBlock, FrozenXFormer, _pair_mean_of_concat
+from hidiff.models.frozen import FrozenBlock, FrozenXFormer
+from hidiff.models.frozen.layers import avg_pool2x2, pair_mean_of_concat, upsample2x
 from hidiff.models.layers import channel_pair_mean
 from hidiff_kernels.deploy import (
     FusedBinaryConv2d,
@@ -209,7 +210,7 @@ def test_pair_mean_of_concat_is_bit_identical():
     x = torch.randn(3, 64, 5, 7, generator=g) * torch.exp(20 * torch.randn(3, 64, 5, 7, generator=g))
     x[0, :2, 0, 0] = torch.tensor([1e-44, 3e-45])  # subnormals: halving must round like the mean does
     for split in (30, 31):  # pairs aligned with the parts, and a pair straddling them
-        assert torch.equal(_pair_mean_of_concat(x[:, :split], x[:, split:]), channel_pair_mean(x))
+        assert torch.equal(pair_mean_of_concat(x[:, :split], x[:, split:]), channel_pair_mean(x))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,7 +312,7 @@ def test_condition_cache_is_reused_across_steps():
     y_other = 1 - y_t
     with torch.inference_mode():
         cache = frozen.prepare(image, features)
-        cached = [cache.image_term, *(t for pair in cache.conditions for t in pair)]
+        cached = [cache.image_term, *(t for pair in cache.conditions.values() for t in pair)]
         saved = [t.clone() for t in cached]
         first = frozen.step(cache, y_t, prior, torch.tensor([9, 9]))
         second = frozen.step(cache, y_other, prior, torch.tensor([4, 2]))
@@ -396,10 +397,9 @@ def test_hidiff_refinement_with_the_frozen_refiner():
 
 
 def test_avg_pool2x2_is_bit_identical_to_avg_pool2d():
-    from hidiff.models.frozen import _avg_pool2x2
 
     x = torch.randn(2, 5, 12, 10)
-    assert torch.equal(_avg_pool2x2(x), torch.nn.functional.avg_pool2d(x, 2))
+    assert torch.equal(avg_pool2x2(x), torch.nn.functional.avg_pool2d(x, 2))
 
 
 def test_prior_share_cached_by_prepare():
@@ -419,10 +419,9 @@ def test_prior_share_cached_by_prepare():
 
 
 def test_upsample2x_is_nearest_interpolation():
-    from hidiff.models.frozen import _upsample2x
 
     x = torch.randn(2, 3, 5, 4)
     want = torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest")
-    assert torch.equal(_upsample2x(x), want)
+    assert torch.equal(upsample2x(x), want)
     out = torch.empty(2, 3, 10, 8)
-    assert _upsample2x(x, out) is out and torch.equal(out, want)
+    assert upsample2x(x, out) is out and torch.equal(out, want)

@@ -273,8 +273,8 @@ def test_refiner_input_errors():
         refiner(image, y_t, prior[:1], t, features)
     with pytest.raises(ValueError, match="t must have shape"):
         refiner(image, y_t, prior, t[:1], features)
-    with pytest.raises(TypeError, match="t must be a tensor"):
-        refiner(image, y_t, prior, 3, features)
+    with pytest.raises(TypeError, match="t must be an int or a tensor"):
+        refiner(image, y_t, prior, "3", features)
     with pytest.raises(ValueError, match="list of 4"):
         refiner(image, y_t, prior, t, features[:3])
     with pytest.raises(ValueError, match=r"features\[1\] must have shape"):

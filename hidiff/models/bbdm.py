@@ -15,6 +15,83 @@ from .xformer import XFormer
 #: The refiner's input must be divisible by this (five stride-2 stages).
 SIZE_DIVISOR = 32
 
+# The U-Net's wiring as names of its submodules, walked by BBDM.forward and by the frozen form
+# (hidiff.models.frozen), which has submodules of the same names: the topology is written once.
+
+#: Encoder levels at H, H/2, ..., H/16: ``(block, condition layer or None, down)``. A level's output
+#: (after its condition layer, which fuses the next segmentor feature) is a skip of the decoder.
+ENCODER: tuple[tuple[str, str | None, str], ...] = (
+    ("block1", None, "down1"),
+    ("block2", None, "down2"),
+    ("block3", "concat1", "down3"),
+    ("block4", "concat2", "down4"),
+    ("block5", "concat3", "down5"),
+)
+#: Bottleneck at H/32: ``mid1``, the fusion of the deepest feature (X-Former or concatenation), ``mid2``.
+BOTTLENECK: tuple[str, str, str] = ("mid1", "fuse", "mid2")
+#: Decoder levels at H/16, ..., H: ``(upsampling block, merge block of concat(up, skip))``.
+DECODER: tuple[tuple[str, str], ...] = (
+    ("up1", "merge1"),
+    ("up2", "merge2"),
+    ("up3", "merge3"),
+    ("up4", "merge4"),
+    ("up5", "merge5"),
+)
+#: The layers that read a segmentor feature, in the order of the features (H/4, H/8, H/16, H/32).
+CONDITIONED: tuple[str, ...] = (*(concat for _, concat, _ in ENCODER if concat is not None), BOTTLENECK[1])
+
+
+def check_image_and_features(
+    image: Tensor, features: Sequence[Tensor], image_channels: int, cond_channels: Sequence[int]
+) -> None:
+    """Checks the per-image inputs of a refiner (training or frozen form).
+
+    Raises:
+        ValueError: image is not ``(B, image_channels, H, W)`` with H, W divisible by 32, or
+            features is not 4 tensors ``(B, cond_channels[i], H / 2^(i+2), W / 2^(i+2))``.
+    """
+    if not isinstance(image, Tensor) or image.dim() != 4 or image.shape[1] != image_channels:
+        shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+        raise ValueError(f"image must be a (B, {image_channels}, H, W) tensor, got {shape}")
+    batch, _, height, width = image.shape
+    if height % SIZE_DIVISOR or width % SIZE_DIVISOR:
+        raise ValueError(f"image height and width must be divisible by {SIZE_DIVISOR}, got {height}x{width}")
+    if not isinstance(features, (list, tuple)) or len(features) != len(CONDITIONED):
+        raise ValueError(f"features must be a list of 4 tensors at H/4, H/8, H/16, H/32, got {type(features)}")
+    for i, (feature, channels) in enumerate(zip(features, cond_channels, strict=True)):
+        stride = 4 * 2**i
+        want = (batch, channels, height // stride, width // stride)
+        if not isinstance(feature, Tensor) or tuple(feature.shape) != want:
+            shape = tuple(feature.shape) if isinstance(feature, Tensor) else type(feature).__name__
+            raise ValueError(f"features[{i}] must have shape {want} (B, C, H/{stride}, W/{stride}), got {shape}")
+
+
+def check_state(name: str, value: Tensor, expected: tuple[int, ...], of: str = "the image") -> None:
+    """Raises a ValueError unless ``value`` (y_t or the prior) is a tensor of shape ``expected`` ``(B, K, H, W)``."""
+    if not isinstance(value, Tensor) or tuple(value.shape) != expected:
+        shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        raise ValueError(f"{name} must have shape {expected} (B, K, H, W) of {of}, got {shape}")
+
+
+def check_timesteps(t: Tensor | int, batch: int) -> Tensor:
+    """Timesteps as a ``(batch,)`` tensor: an int or a scalar tensor is broadcast.
+
+    Raises:
+        TypeError: t is not an int or a tensor of integer (or real) values.
+        ValueError: t has another shape than ``(batch,)``.
+    """
+    if isinstance(t, int) and not isinstance(t, bool):
+        t = torch.tensor(t)
+    if not isinstance(t, Tensor):
+        raise TypeError(f"t must be an int or a tensor of timesteps, got {type(t).__name__}")
+    if t.dtype == torch.bool or t.is_complex():
+        raise TypeError(f"t must hold integer (or real) timesteps, got dtype {t.dtype}")
+    if t.dim() == 0:
+        t = t.expand(batch)
+    if tuple(t.shape) != (batch,):
+        raise ValueError(f"t must have shape ({batch},) or be a scalar, got {tuple(t.shape)}")
+    return t
+
 
 class BBDM(nn.Module):
     """Binary Bernoulli diffusion model: predicts the flip map ``eps_hat`` of ``y_t``.
@@ -142,62 +219,24 @@ class BBDM(nn.Module):
         linear = sum(m.weight.numel() for m in self.modules() if isinstance(m, BinaryLinear))
         return {"total": total, "binary_conv": conv, "binary_linear": linear, "real": total - conv - linear}
 
-    def _check_inputs(self, image: Tensor, y_t: Tensor, prior: Tensor, t: Tensor, features: Sequence[Tensor]) -> Tensor:
-        """Validates the inputs; returns t as a ``(B,)`` tensor."""
-        if not isinstance(image, Tensor) or image.dim() != 4 or image.shape[1] != self.image_channels:
-            raise ValueError(
-                f"image must be a (B, {self.image_channels}, H, W) tensor, got "
-                f"{tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__}"
-            )
-        batch, _, height, width = image.shape
-        if height % SIZE_DIVISOR or width % SIZE_DIVISOR:
-            raise ValueError(f"image height and width must be divisible by {SIZE_DIVISOR}, got {height}x{width}")
-        expected = (batch, self.num_classes, height, width)
-        for name, value in (("y_t", y_t), ("prior", prior)):
-            if not isinstance(value, Tensor) or tuple(value.shape) != expected:
-                shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
-                raise ValueError(f"{name} must have shape {expected} (B, K, H, W), got {shape}")
-        if not isinstance(t, Tensor):
-            raise TypeError(f"t must be a tensor of timesteps, got {type(t).__name__}")
-        if t.dtype == torch.bool or t.is_complex():
-            raise TypeError(f"t must hold integer (or real) timesteps, got dtype {t.dtype}")
-        if t.dim() == 0:
-            t = t.expand(batch)
-        if t.shape != (batch,):
-            raise ValueError(f"t must have shape ({batch},) or be a scalar, got {tuple(t.shape)}")
-        if not isinstance(features, (list, tuple)) or len(features) != 4:
-            raise ValueError(f"features must be a list of 4 tensors at H/4, H/8, H/16, H/32, got {type(features)}")
-        for i, (feature, channels) in enumerate(zip(features, self.cond_channels, strict=True)):
-            stride = 4 * 2**i
-            want = (batch, channels, height // stride, width // stride)
-            if not isinstance(feature, Tensor) or tuple(feature.shape) != want:
-                shape = tuple(feature.shape) if isinstance(feature, Tensor) else type(feature).__name__
-                raise ValueError(f"features[{i}] must have shape {want} (B, C, H/{stride}, W/{stride}), got {shape}")
-        return t
-
     def forward(self, image: Tensor, y_t: Tensor, prior: Tensor, t: Tensor, features: Sequence[Tensor]) -> Tensor:
-        t = self._check_inputs(image, y_t, prior, t, features)
+        check_image_and_features(image, features, self.image_channels, self.cond_channels)
+        batch, _, height, width = image.shape
+        for name, value in (("y_t", y_t), ("prior", prior)):
+            check_state(name, value, (batch, self.num_classes, height, width))
+        t = check_timesteps(t, batch)
         emb = self.time_embed(t)
+        conditions = dict(zip(CONDITIONED, features, strict=True))
         h = self.input_conv(torch.cat([image, y_t, prior], dim=1))
         skips = []
-        h = self.block1(h, emb)
-        skips.append(h)
-        h = self.block2(self.down1(h, emb), emb)
-        skips.append(h)
-        h = self.concat1(self.block3(self.down2(h, emb), emb), features[0], emb)
-        skips.append(h)
-        h = self.concat2(self.block4(self.down3(h, emb), emb), features[1], emb)
-        skips.append(h)
-        h = self.concat3(self.block5(self.down4(h, emb), emb), features[2], emb)
-        skips.append(h)
-        h = self.mid1(self.down5(h, emb), emb)
-        h = self.mid2(self.fuse(h, features[3], emb), emb)
-        for up, merge in (
-            (self.up1, self.merge1),
-            (self.up2, self.merge2),
-            (self.up3, self.merge3),
-            (self.up4, self.merge4),
-            (self.up5, self.merge5),
-        ):
-            h = merge(torch.cat([up(h, emb), skips.pop()], dim=1), emb)
+        for block, concat, down in ENCODER:
+            h = getattr(self, block)(h, emb)
+            if concat is not None:
+                h = getattr(self, concat)(h, conditions[concat], emb)
+            skips.append(h)
+            h = getattr(self, down)(h, emb)
+        mid1, fuse, mid2 = (getattr(self, name) for name in BOTTLENECK)
+        h = mid2(fuse(mid1(h, emb), conditions[BOTTLENECK[1]], emb), emb)
+        for up, merge in DECODER:
+            h = getattr(self, merge)(torch.cat([getattr(self, up)(h, emb), skips.pop()], dim=1), emb)
         return flip_probability(self.head(h), y_t, prior, self.flip_scale(t))

@@ -34,6 +34,7 @@ matches; the choices the spec leaves open are noted):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -123,6 +124,69 @@ class TokenTimeActivation(TimeActivation):
         return super().forward(u.transpose(1, 2), emb).transpose(1, 2)
 
 
+def channel_view(values: Tensor, x: Tensor, channel_dim: int) -> Tensor:
+    """Per-sample channel vectors ``(B, C)`` viewed to broadcast against ``x`` whose channels are ``channel_dim``."""
+    shape = [values.shape[0]] + [1] * (x.dim() - 1)
+    shape[channel_dim] = values.shape[1]
+    return values.view(shape)
+
+
+def layer_scale(x: Tensor, scale: Tensor, shift: Tensor, channel_dim: int = -1) -> Tensor:
+    """``x * scale + shift`` with per-sample ``(B, C)`` vectors on the channels ``channel_dim`` of ``x``."""
+    return x * channel_view(scale, x, channel_dim) + channel_view(shift, x, channel_dim)
+
+
+def time_shift(x: Tensor, threshold: Tensor, binary: bool, channel_dim: int = -1) -> Tensor:
+    """``x - threshold`` per sample and channel; the binary form also takes the sign (TB, ApproxSign gradient)."""
+    shifted = x - channel_view(threshold, x, channel_dim)
+    return ApproxSign.apply(shifted) if binary else shifted
+
+
+def attend(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    binary: bool,
+    score_matmul: Callable[[Tensor, Tensor], Tensor] = torch.matmul,
+    context_matmul: Callable[[Tensor, Tensor], Tensor] = torch.matmul,
+) -> Tensor:
+    """Attention of ``(B, heads, N, d)`` queries/keys/values -> context ``(B, heads, N, d)``.
+
+    Scores ``q k^T / sqrt(d)``; binary form: probabilities 1 above 0.35 times the row maximum
+    (softmax gradient, :func:`binarized_attention`); real form: softmax. The two products may be
+    :class:`~hidiff_kernels.counting.markers.Matmul` modules, so module-based counters see them.
+    """
+    scores = score_matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    probs = binarized_attention(scores) if binary else torch.softmax(scores, dim=-1)
+    return context_matmul(probs, v)
+
+
+def repeat_channels(x: Tensor, ratio: int, channel_dim: int = -1) -> Tensor:
+    """The FFN expansion's shortcut: each channel repeated ``ratio`` times in place."""
+    return x.repeat_interleave(ratio, dim=channel_dim)
+
+
+def grouped_channel_mean(x: Tensor, ratio: int, channel_dim: int = -1) -> Tensor:
+    """The FFN reduction's shortcut: the mean of each group of ``ratio`` adjacent channels
+    (the inverse of :func:`repeat_channels` on repeated channels)."""
+    dim = channel_dim % x.dim()
+    shape = (*x.shape[:dim], x.shape[dim] // ratio, ratio, *x.shape[dim + 1 :])
+    return x.reshape(shape).mean(dim=dim + 1)
+
+
+def exchange(xformer: nn.Module, c0: Tensor, h0: Tensor, time: Tensor, size: tuple[int, int]) -> Tensor:
+    """The X-Former's wiring, shared by the training and the frozen form (same submodule names).
+
+    Block 1 updates the segmentor stream ``c0`` with the diffusion tokens' queries, block 2 the
+    diffusion stream ``h0`` with the updated segmentor tokens' queries. ``time`` is whatever the
+    submodules take: the time embedding (training form) or the step indices (frozen form).
+    Returns the updated diffusion stream (``h0``'s shape).
+    """
+    x = xformer
+    c1 = x.ffn1(c0, x.proj1(x.attn1(x.norm_h1(h0), x.norm_c1(c0), time), time), time, size)
+    return x.ffn2(h0, x.proj2(x.attn2(x.norm_c2(c1), x.norm_h2(h0), time), time), time, size)
+
+
 class LayerScale(nn.Module):
     """Time-dependent LayerScale ``x * s(t) + b(t)``, zero-initialised (the branch starts at exactly 0).
 
@@ -137,9 +201,13 @@ class LayerScale(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+    def time_tables(self, emb: Tensor) -> tuple[Tensor, Tensor]:
+        """``(s(t), b(t))`` of ``emb (B, emb_dim)``, float ``(B, C)`` each."""
         e = F.silu(emb)
-        return x * self.scale(e)[:, None, :] + self.shift(e)[:, None, :]
+        return self.scale(e), self.shift(e)
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        return layer_scale(x, *self.time_tables(emb))
 
 
 class LinearUnit(nn.Module):
@@ -220,10 +288,6 @@ class CrossAttention(nn.Module):
         self.bn_out = TokenBatchNorm(dim)
         self.ta_out = TokenTimeActivation(dim, emb_dim)
 
-    def _shift(self, tb: TimeBinarize, x: Tensor, emb: Tensor) -> Tensor:
-        shifted = x - tb.threshold(emb)[:, None, :]
-        return ApproxSign.apply(shifted) if self.binary else shifted
-
     def _split_heads(self, x: Tensor) -> Tensor:
         b, n, _ = x.shape
         return x.reshape(b, n, self.heads, self.dim // self.heads).transpose(1, 2)
@@ -232,12 +296,12 @@ class CrossAttention(nn.Module):
         q_mix = self.ta_q(self.q(x_q, emb) + x_q, emb)
         k_mix = self.ta_k(self.k(x_kv, emb) + x_kv, emb)
         v_mix = self.ta_v(self.v(x_kv, emb) + x_kv, emb)
-        q = self._split_heads(self._shift(self.tb_q, q_mix, emb))
-        k = self._split_heads(self._shift(self.tb_k, k_mix, emb))
-        v = self._split_heads(self._shift(self.tb_v, v_mix, emb))
-        scores = self.score_matmul(q, k.transpose(-1, -2)) / math.sqrt(self.dim // self.heads)
-        probs = binarized_attention(scores) if self.binary else torch.softmax(scores, dim=-1)
-        context = self.context_matmul(probs, v).transpose(1, 2).reshape(x_q.shape)
+        q, k, v = (
+            self._split_heads(time_shift(mix, tb.threshold(emb), self.binary))
+            for mix, tb in ((q_mix, self.tb_q), (k_mix, self.tb_k), (v_mix, self.tb_v))
+        )
+        context = attend(q, k, v, self.binary, self.score_matmul, self.context_matmul)
+        context = context.transpose(1, 2).reshape(x_q.shape)
         return self.ta_out(self.bn_out(context) + q_mix + k_mix + v_mix, emb)
 
 
@@ -285,10 +349,9 @@ class FeedForward(nn.Module):
     def forward(self, stream: Tensor, update: Tensor, emb: Tensor, size: tuple[int, int]) -> Tensor:
         hidden = stream + update
         x = self.norm(hidden)
-        inter = self.ta_expand(self.expand(x, emb) + x.repeat_interleave(self.ratio, dim=-1), emb)
-        b, n, d = x.shape
-        grouped_mean = inter.reshape(b, n, d, self.ratio).mean(dim=-1)
-        out = hidden + self.scale(self.ta_reduce(self.reduce(inter, emb) + grouped_mean, emb), emb)
+        inter = self.ta_expand(self.expand(x, emb) + repeat_channels(x, self.ratio), emb)
+        reduced = self.ta_reduce(self.reduce(inter, emb) + grouped_channel_mean(inter, self.ratio), emb)
+        out = hidden + self.scale(reduced, emb)
         x_map = tokens_to_map(x, *size)
         for pool, scale in zip(self.local_pools, self.local_scales, strict=True):
             out = out + scale(map_to_tokens(pool(x_map)), emb)
@@ -343,7 +406,4 @@ class XFormer(nn.Module):
             )
         size = (h.shape[2], h.shape[3])
         c0 = map_to_tokens(self.condition(feature, emb))
-        h0 = map_to_tokens(h)
-        c1 = self.ffn1(c0, self.proj1(self.attn1(self.norm_h1(h0), self.norm_c1(c0), emb), emb), emb, size)
-        h1 = self.ffn2(h0, self.proj2(self.attn2(self.norm_c2(c1), self.norm_h2(h0), emb), emb), emb, size)
-        return tokens_to_map(h1, *size)
+        return tokens_to_map(exchange(self, c0, map_to_tokens(h), emb, size), *size)

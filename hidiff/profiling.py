@@ -8,7 +8,7 @@ cost multiplied by the number of times an inference runs it (HIDIFF_SPEC section
   condition network runs inside every denoiser forward and is counted there;
 - PD-DDPM (starts from a segmentor's mask): ``MERIT + denoiser x steps``;
 - HiDiff, real or binary refiner: ``segmentor + refiner x steps`` (the segmentor is MERIT by
-  default, or the project's light U-Net).
+  default, or the project's light U-Net; both from :func:`hidiff.models.build_segmentor`).
 
 FLOPs are real multiply-accumulates, BOPs binary ones, ``OPs = FLOPs + BOPs / 64``; storage is 1 bit
 per binary weight and 32 bits per real parameter, shown as ``segmentor + refiner`` in MB (10^6 bytes).
@@ -38,8 +38,8 @@ from hidiff_kernels.counting import Counts, count
 from hidiff_kernels.nn import packed_kernels
 
 from .diffusion import BernoulliDiffusion
-from .models import BBDM, FrozenBBDM, HiDiff, UNet, prior_from_logits
-from .models.baselines import BASELINES, MERIT, TABLE_XI_IMAGE_SIZE, TABLE_XI_STEPS
+from .models import BBDM, FrozenBBDM, HiDiff, build_segmentor, prior_from_logits, segmentor_spec
+from .models.baselines import BASELINES, TABLE_XI_IMAGE_SIZE, TABLE_XI_STEPS
 from .models.baselines.registry import segmentor_inputs
 
 logger = logging.getLogger(__name__)
@@ -55,8 +55,9 @@ METHOD_NAMES = {
     "hidiff_real": "HiDiff (real refiner)",
     "hidiff_binary": "HiDiff (binary refiner)",
 }
-#: Segmentors HiDiff can be profiled with.
+#: Segmentors HiDiff can be profiled with (names of :func:`hidiff.models.build_segmentor`).
 SEGMENTORS = ("merit", "unet")
+#: Their display names.
 SEGMENTOR_NAMES = {"merit": "MERIT", "unet": "U-Net"}
 #: Table XI's unit of FLOPs, BOPs and OPs.
 GIGA10 = 1e10
@@ -212,50 +213,6 @@ class _Segmentor:
     seconds: float | None = None
 
 
-class MeritSegmentor(nn.Module):
-    """MERIT as a HiDiff segmentor: ``x -> (logits, 4 features)``.
-
-    The features are the first MaxViT backbone's stage outputs (96, 192, 384, 768 channels at
-    H/4..H/32), the widths :class:`~hidiff.models.BBDM`'s default ``cond_channels`` expect. The wrapper
-    adds no computation: it costs exactly one MERIT forward.
-
-    Args:
-        in_channels, num_classes, image_size: as :class:`~hidiff.models.baselines.MERIT`.
-
-    Shapes:
-        ``forward(x)``: float ``(B, in_channels, S, S)`` -> ``(logits (B, K, S, S),
-        [f (B, feature_channels[i], S / 2^(i+2), S / 2^(i+2)) for i in 0..3])``.
-    """
-
-    def __init__(self, in_channels: int, num_classes: int, image_size: int) -> None:
-        super().__init__()
-        self.merit = MERIT(in_channels, num_classes, image_size)
-        self.in_channels = in_channels
-        self.num_classes = num_classes
-        self.feature_channels: tuple[int, int, int, int] = self.merit.backbone1.widths
-
-    def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        captured: list[list[Tensor]] = []
-        # MERIT returns only its logits; a hook picks up the backbone's features on the way.
-        handle = self.merit.backbone1.register_forward_hook(lambda module, args, out: captured.append(out))
-        try:
-            logits = self.merit(x)
-        finally:
-            handle.remove()
-        return logits, list(captured[0])
-
-
-def build_segmentor(name: str, settings: ProfileSettings) -> nn.Module:
-    """HiDiff's segmentor ``name`` (one of :data:`SEGMENTORS`) in eval mode, for ``settings``."""
-    if name == "merit":
-        module = MeritSegmentor(settings.image_channels, settings.num_classes, settings.image_size)
-    elif name == "unet":
-        module = UNet(settings.image_channels, settings.num_classes)
-    else:
-        raise ValueError(f"segmentor must be one of {list(SEGMENTORS)}, got {name!r}")
-    return module.eval()
-
-
 def median_seconds(fn: Callable[[], object], repeats: int) -> float:
     """Median wall-clock seconds of ``fn()`` over ``repeats`` calls, after one untimed warm-up call
     (it packs binary weights and warms the allocator, one-off costs of a deployment)."""
@@ -281,7 +238,8 @@ class _Profiler:
         """The segmentor ``name``, counted (and timed) on first use."""
         if name not in self.segmentors:
             s = self.settings
-            module = build_segmentor(name, s)
+            size = {"image_size": s.image_size} if segmentor_spec(name).fixed_size else {}
+            module = build_segmentor(name, s.image_channels, s.num_classes, **size).eval()
             (image,) = segmentor_inputs(s.image_channels, s.num_classes, s.image_size)
             counts = count(module, image, train=False)
             logger.debug("%s: %s", name, counts)

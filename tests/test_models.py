@@ -11,7 +11,17 @@ import torch.nn.functional as F
 from torch import nn
 
 import hidiff_kernels
-from hidiff.models import BBDM, HiDiff, TimmSegmentor, UNet, XFormer, build_segmentor, prior_from_logits
+from hidiff.models import (
+    BBDM,
+    SEGMENTORS,
+    HiDiff,
+    MeritSegmentor,
+    TimmSegmentor,
+    UNet,
+    XFormer,
+    build_segmentor,
+    prior_from_logits,
+)
 from hidiff.models.layers import BinaryBlock, DownBlock, channel_pair_mean, timestep_embedding
 from hidiff.models.xformer import (
     CenteredBinaryLinear,
@@ -320,9 +330,29 @@ def test_prior_from_logits():
 
 
 def test_build_segmentor():
-    assert isinstance(build_segmentor("unet", in_channels=1, num_classes=2, base_channels=8), UNet)
-    with pytest.raises(ValueError, match="unknown segmentor"):
-        build_segmentor("segformer")
+    unet = build_segmentor("unet", in_channels=1, num_classes=2, base_channels=8)
+    assert isinstance(unet, UNet) and (unet.in_channels, unet.num_classes) == (1, 2)
+    assert isinstance(build_segmentor(" UNet ", 3, 1), UNet)
+    assert set(SEGMENTORS) == {"unet", "merit"} and SEGMENTORS["merit"].fixed_size
+
+
+@pytest.mark.parametrize("name", ["segformer", "timm:", "", 3])
+def test_build_segmentor_unknown_name_lists_the_known_ones(name):
+    with pytest.raises(ValueError, match=r"segmentor.*'unet', 'merit', 'timm:<backbone>'"):
+        build_segmentor(name, in_channels=3, num_classes=1)
+
+
+def test_merit_segmentor_contract():
+    merit = build_segmentor("merit", in_channels=1, num_classes=2, image_size=SIZE).eval()
+    assert isinstance(merit, MeritSegmentor)
+    assert (merit.in_channels, merit.num_classes, merit.feature_channels) == (1, 2, (96, 192, 384, 768))
+    image = torch.randn(1, 1, SIZE, SIZE)
+    with torch.no_grad():
+        logits, features = merit(image)
+        torch.testing.assert_close(logits, merit.merit(image), rtol=0, atol=0)  # the wrapper adds no computation
+    assert logits.shape == (1, 2, SIZE, SIZE)
+    for f, c, s in zip(features, merit.feature_channels, (4, 8, 16, 32), strict=True):
+        assert f.shape == (1, c, SIZE // s, SIZE // s)
 
 
 class _FakeFeatureInfo:
@@ -389,8 +419,8 @@ def test_timm_segmentor_adapter_with_fake_timm(monkeypatch, tmp_path):
 
 def test_timm_segmentor_missing_timm_explains_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "timm", None)  # makes `import timm` raise ImportError
-    with pytest.raises(ImportError, match="pip install timm"):
-        TimmSegmentor("resnet18", 3, 1)
+    with pytest.raises(ImportError, match=r"pip install \.\[timm\]"):
+        build_segmentor("timm:resnet18", 3, 1)
 
 
 def test_timm_segmentor_with_real_timm():

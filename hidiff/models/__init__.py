@@ -1,8 +1,9 @@
 """HiDiff models: the BBDM refiner (binary and real) with the X-Former, segmentors, and HiDiff.
 
 - :class:`BBDM`: the refiner ``(image, y_t, prior, t, features) -> eps_hat``.
-- :class:`UNet`, :class:`TimmSegmentor`, :func:`build_segmentor`: segmentors
-  ``x -> (logits, 4 features at H/4..H/32)``; :func:`prior_from_logits`.
+- :class:`UNet`, :class:`MeritSegmentor`, :class:`TimmSegmentor`: segmentors
+  ``x -> (logits, 4 features at H/4..H/32)``; :func:`build_segmentor` builds one by name
+  (``"unet"``, ``"merit"``, ``"timm:<backbone>"``; the registry :data:`SEGMENTORS`); :func:`prior_from_logits`.
 - :class:`HiDiff`: segmentor + refiner + Bernoulli diffusion (prior, loss, refinement, masks).
 - :func:`freeze` / :class:`FrozenBBDM`: the deployable refiner (folded, packed, per-step tables,
   per-image condition cache).
@@ -14,7 +15,16 @@ from .baselines import BASELINES, BaselineSpec, build_baseline
 from .bbdm import BBDM
 from .frozen import ConditionCache, FrozenBBDM, freeze
 from .hidiff import HiDiff
-from .segmentors import TimmSegmentor, UNet, build_segmentor, prior_from_logits
+from .segmentors import (
+    SEGMENTORS,
+    MeritSegmentor,
+    SegmentorSpec,
+    TimmSegmentor,
+    UNet,
+    build_segmentor,
+    prior_from_logits,
+    segmentor_spec,
+)
 from .xformer import XFormer
 
 __all__ = [
@@ -24,6 +34,9 @@ __all__ = [
     "ConditionCache",
     "FrozenBBDM",
     "HiDiff",
+    "MeritSegmentor",
+    "SEGMENTORS",
+    "SegmentorSpec",
     "TimmSegmentor",
     "UNet",
     "XFormer",
@@ -31,4 +44,5 @@ __all__ = [
     "build_segmentor",
     "freeze",
     "prior_from_logits",
+    "segmentor_spec",
 ]

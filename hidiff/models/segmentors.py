@@ -1,19 +1,26 @@
-"""Discriminative segmentors that produce HiDiff's prior and its four-level feature pyramid.
+"""Discriminative segmentors that produce HiDiff's prior and its four-level feature pyramid, and their registry.
 
 Contract: ``forward(x) -> (logits (B, K, H, W), [features at H/4, H/8, H/16, H/32])`` with the
 attributes ``feature_channels``, ``num_classes`` and ``in_channels``.
+
+:func:`build_segmentor` is the one way to build a segmentor by name (training configurations, the
+model factory, ``hidiff flops``): ``"unet"`` (:class:`UNet`), ``"merit"`` (:class:`MeritSegmentor`,
+the paper's segmentor) and ``"timm:<backbone>"`` (:class:`TimmSegmentor`).
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .baselines import MERIT
 
 logger = logging.getLogger(__name__)
 
@@ -127,8 +134,8 @@ def _import_timm():
         return importlib.import_module("timm")
     except ImportError as error:
         raise ImportError(
-            "TimmSegmentor needs the `timm` package (and a torchvision build matching your torch): "
-            "pip install timm  (or: pip install 'hidiff[timm]')"
+            "timm segmentors need the optional `timm` package (and a torchvision build matching your torch): "
+            "pip install .[timm] in the project folder (or: pip install timm)"
         ) from error
 
 
@@ -246,21 +253,96 @@ class TimmSegmentor(nn.Module):
         return logits, features
 
 
-def build_segmentor(name: str, **kwargs) -> nn.Module:
+class MeritSegmentor(nn.Module):
+    """MERIT (:class:`~hidiff.models.baselines.MERIT`, the paper's segmentor) with the segmentor contract.
+
+    The features are the first MaxViT backbone's stage outputs (96, 192, 384, 768 channels at
+    H/4..H/32), the widths :class:`~hidiff.models.BBDM`'s default ``cond_channels`` expect. The wrapper
+    adds no computation: it costs exactly one MERIT forward, and gradients reach both backbones.
+
+    Args:
+        in_channels: image channels.
+        num_classes: K, logit channels.
+        image_size: S, the one input size MERIT is built for (a multiple of 32, at least 64).
+
+    Shapes:
+        ``forward(x)``: float ``(B, in_channels, S, S)`` -> ``(logits (B, K, S, S),
+        [f (B, feature_channels[i], S / 2^(i+2), S / 2^(i+2)) for i in 0..3])``.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, image_size: int = 256) -> None:
+        super().__init__()
+        self.merit = MERIT(in_channels, num_classes, image_size)
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self.feature_channels: tuple[int, int, int, int] = self.merit.backbone1.widths
+
+    def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        captured: list[list[Tensor]] = []
+        # MERIT returns only its logits; a hook picks up the backbone's features on the way.
+        handle = self.merit.backbone1.register_forward_hook(lambda module, args, out: captured.append(out))
+        try:
+            logits = self.merit(x)
+        finally:
+            handle.remove()
+        return logits, list(captured[0])
+
+
+@dataclass(frozen=True)
+class SegmentorSpec:
+    """A registered segmentor.
+
+    Attributes:
+        build: ``build(in_channels=..., num_classes=..., **kwargs) -> nn.Module`` with the segmentor contract.
+        fixed_size: the network is built for one input size, given as its ``image_size`` argument.
+    """
+
+    build: Callable[..., nn.Module]
+    fixed_size: bool = False
+
+
+#: The registered segmentors by name; ``"timm:<backbone>"`` names (:data:`TIMM_PREFIX`) are resolved apart.
+SEGMENTORS: dict[str, SegmentorSpec] = {
+    "unet": SegmentorSpec(UNet),
+    "merit": SegmentorSpec(MeritSegmentor, fixed_size=True),
+}
+#: Prefix of the segmentors on a timm backbone: ``"timm:resnet34"``.
+TIMM_PREFIX = "timm:"
+
+
+def segmentor_spec(name: str) -> SegmentorSpec:
+    """The :class:`SegmentorSpec` of ``name`` (see :func:`build_segmentor`).
+
+    Raises:
+        ValueError: when ``name`` is not a registered name nor ``"timm:<backbone>"`` (the message lists the known
+            names).
+    """
+    key = name.strip().lower() if isinstance(name, str) else ""
+    if key in SEGMENTORS:
+        return SEGMENTORS[key]
+    if key.startswith(TIMM_PREFIX) and len(key) > len(TIMM_PREFIX):
+        backbone = name.strip()[len(TIMM_PREFIX) :]
+        return SegmentorSpec(lambda **kwargs: TimmSegmentor(backbone, **kwargs))
+    known = ", ".join([*map(repr, SEGMENTORS), f"'{TIMM_PREFIX}<backbone>'"])
+    raise ValueError(f"unknown segmentor {name!r}; known segmentors: {known}")
+
+
+def build_segmentor(name: str, in_channels: int, num_classes: int, **kwargs) -> nn.Module:
     """Builds a segmentor by name.
 
     Args:
-        name: ``"unet"`` (:class:`UNet`), ``"timm:<backbone>"`` or ``"timm"`` with a ``backbone``
-            keyword (:class:`TimmSegmentor`).
-        **kwargs: the constructor's arguments (``in_channels``, ``num_classes``, ...).
+        name: ``"unet"`` (:class:`UNet`), ``"merit"`` (:class:`MeritSegmentor`) or ``"timm:<backbone>"``
+            (:class:`TimmSegmentor`, needs the optional timm package); case-insensitive.
+        in_channels: image channels.
+        num_classes: K, logit channels.
+        **kwargs: further constructor arguments (e.g. ``base_channels`` of the U-Net, ``image_size`` of MERIT,
+            ``pretrained_path`` of a timm backbone).
+
+    Returns:
+        The segmentor, ``forward(x (B, in_channels, H, W)) -> (logits (B, K, H, W), 4 features at H/4..H/32)``.
+
+    Raises:
+        ValueError: on an unknown ``name`` (the message lists the known ones) or bad constructor arguments.
+        ImportError: for a timm segmentor when timm is not installed.
     """
-    if not isinstance(name, str):
-        raise TypeError(f"name must be a str, got {type(name).__name__}")
-    key = name.strip().lower()
-    if key == "unet":
-        return UNet(**kwargs)
-    if key == "timm":
-        return TimmSegmentor(**kwargs)
-    if key.startswith("timm:"):
-        return TimmSegmentor(name.strip()[len("timm:") :], **kwargs)
-    raise ValueError(f"unknown segmentor {name!r}; expected 'unet', 'timm:<backbone>' or 'timm' (with backbone=...)")
+    return segmentor_spec(name).build(in_channels=in_channels, num_classes=num_classes, **kwargs)

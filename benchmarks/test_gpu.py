@@ -295,7 +295,7 @@ def test_refinement(benchmark, record, refiners, column: str) -> None:
     def refine() -> Tensor:
         if column == REFINER_BASELINE:
             with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
-                return models[False].refine_from_prior(image, prior, features, steps=STEPS, seed=0)
+                return models[False].refine_from_prior(image, prior, features, steps=STEPS, seed=0, frozen=False)
         return models[True].refine_from_prior(image, prior, features, steps=STEPS, seed=0, frozen=frozen)
 
     with torch.inference_mode():

@@ -68,12 +68,12 @@ def setting(request):
 
 def _runner(column, models, frozen, image, prior, features, full_chain: bool):
     model = models[column != COLUMNS[0]]
-    use_frozen = frozen if column == COLUMNS[2] else None
+    use_frozen = frozen if column == COLUMNS[2] else False
     if full_chain:
         return lambda: model.refine_from_prior(image, prior, features, steps=STEPS, seed=0, frozen=use_frozen)
     t = torch.full((1,), model.diffusion.timesteps(STEPS)[0], dtype=torch.long)
     y_t = (prior > 0.5).float()
-    if use_frozen is not None:
+    if use_frozen is not False:
         return lambda: use_frozen(image, y_t, prior, t, features)
     return lambda: model.refiner(image, y_t, prior, t, features)
 
@@ -114,8 +114,8 @@ model = HiDiff(segmentor, refiner, BernoulliDiffusion(num_steps={STEPS})).eval()
 image = torch.randn(1, 3, {size}, {size})
 with torch.inference_mode():
     prior, features = model.prior(image)
-    frozen = model.freeze({STEPS}) if {variant == COLUMNS[2]!r} else None
-    if frozen is not None:
+    frozen = model.freeze({STEPS}) if {variant == COLUMNS[2]!r} else False
+    if frozen is not False:
         del model.refiner, refiner
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
@@ -149,3 +149,33 @@ def test_memory_and_size(benchmark, record_metric, setting):
     record_metric(*table, row, "frozen binary refiner", peaks[COLUMNS[2]])
     record_metric(*table, "refiner state_dict (torch.save)", "real refiner", _state_dict_mib(models[False].refiner))
     record_metric(*table, "refiner state_dict (torch.save)", "frozen binary refiner", _state_dict_mib(frozen))
+
+
+SEGMENT_TABLE = (
+    "segment-path",
+    "HiDiff.segment end to end (segmentor + 10-step DDIM refinement + mask), batch 1, K = 1",
+    "real refiner torch fp32",
+)
+SEGMENT_COLUMNS = {
+    "real refiner torch fp32": (False, False),
+    "binary, segment(frozen=False)": (True, False),
+    "binary, segment() default": (True, True),
+}
+
+
+@pytest.mark.benchmark(group="segment-path")
+@pytest.mark.parametrize("column", SEGMENT_COLUMNS)
+def test_segment_default_runs_at_frozen_speed(benchmark, record, setting, column):
+    """``HiDiff.segment`` with its defaults runs the frozen refiner (frozen once, on the first call), so
+    it runs at the frozen refiner's speed; ``frozen=False`` is the layer-by-layer form."""
+    width, size, models, _, image, *_ = setting
+    binary, frozen = SEGMENT_COLUMNS[column]
+    record(*SEGMENT_TABLE, f"HiDiff.segment, C={width}, {size}x{size}", column, ("binary, segment() default", 5.0))
+    model = models[binary]
+
+    def segment() -> torch.Tensor:
+        return model.segment(image, steps=STEPS, frozen=frozen)
+
+    with torch.inference_mode():
+        segment()  # warm-up: the default path freezes the refiner here, once
+        benchmark.pedantic(segment, rounds=3, iterations=1)

@@ -44,16 +44,19 @@ class EvaluationResult:
 
 @dataclass
 class RefineSettings:
-    """How the refiner samples: DDIM/ancestral, number of steps, ensemble size and seed.
+    """How the refiner samples: DDIM/ancestral, number of steps, ensemble size, seed, and which form runs.
 
     The default ensemble of 16 matches ``diffusion.ensemble``: one sample is a draw from the
-    refiner's posterior, whose thresholded mask is noisier than the thresholded mean.
+    refiner's posterior, whose thresholded mask is noisier than the thresholded mean. ``frozen``
+    (default) runs the frozen refiner (:meth:`HiDiff.frozen_refiner`), False the refiner layer by
+    layer (the same function up to float rounding, several times slower).
     """
 
     steps: int | None = None
     samples: int = 16
     sampler: str = "ddim"
     seed: int = 0
+    frozen: bool = True
 
 
 def _timed(fn: Callable[[], Tensor]) -> tuple[Tensor, float]:
@@ -87,6 +90,7 @@ def predict(model: HiDiff, images: Tensor, settings: RefineSettings, refine: boo
                 samples=settings.samples,
                 sampler=settings.sampler,
                 seed=settings.seed,
+                frozen=settings.frozen,
             )
         )
         out["refined"] = refined

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -199,6 +200,19 @@ class BBDM(nn.Module):
         self.up5 = UpBlock(c, c, e, b)
         self.merge5 = BinaryBlock(2 * c, c, e, b)  # H
         self.head = Head(c, num_classes)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments (plain Python values): ``BBDM(**config)`` builds the same architecture."""
+        return {
+            "image_channels": self.image_channels,
+            "num_classes": self.num_classes,
+            "model_channels": self.model_channels,
+            "cond_channels": list(self.cond_channels),
+            "binary": self.binary,
+            "xformer": self.use_xformer,
+            "prior_flip_rates": None if self.prior_flip_rates is None else list(self.prior_flip_rates),
+        }
 
     def extra_repr(self) -> str:
         return (

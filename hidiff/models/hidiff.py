@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from .bbdm import BBDM
 from .frozen import FrozenBBDM, freeze
 from .segmentors import prior_from_logits
 
@@ -61,6 +62,10 @@ class HiDiff(nn.Module):
         self.segmentor = segmentor
         self.refiner = refiner
         self.diffusion = diffusion
+        # Frozen refiners by visited timesteps, and the refiner state they were frozen from: a plain
+        # attribute, not a submodule (no state_dict entries; moved by refreezing).
+        self._frozen_cache: dict[tuple[int, ...], FrozenBBDM] = {}
+        self._frozen_from: tuple | None = None
 
     @property
     def num_classes(self) -> int:
@@ -111,14 +116,59 @@ class HiDiff(nn.Module):
         )
 
     def freeze(self, steps: int | None = None) -> FrozenBBDM:
-        """The deployable refiner (:class:`~hidiff.models.frozen.FrozenBBDM`) for a sampler of ``steps`` steps.
+        """A new deployable refiner (:class:`~hidiff.models.frozen.FrozenBBDM`) for a sampler of ``steps`` steps.
 
         It holds per-step tables for exactly the timesteps such a run visits
-        (``self.diffusion.timesteps(steps)``, the same for DDIM and ancestral sampling); pass it
-        as ``frozen=`` to :meth:`refine` / :meth:`refine_from_prior` with the same ``steps``. It is
-        a snapshot: freeze again after training the refiner further.
+        (``self.diffusion.timesteps(steps)``, the same for DDIM and ancestral sampling). It is a
+        snapshot, e.g. to save as an artifact; :meth:`refine` uses :meth:`frozen_refiner`, which
+        keeps one up to date by itself.
         """
         return freeze(self.refiner, self.diffusion.timesteps(steps))
+
+    def _refiner_state(self) -> tuple:
+        """Identifies the refiner's weights: storage, device and version counter of every tensor.
+
+        In-place updates (an optimizer step, ``load_state_dict``, BatchNorm statistics) bump a
+        tensor's version; ``.to()`` or swapping tensors changes its storage. Tensors created under
+        ``torch.inference_mode`` have no version counter: only their storage is compared.
+        """
+        return tuple(
+            (tensor.data_ptr(), tensor.device, 0 if tensor.is_inference() else tensor._version)
+            for tensor in (*self.refiner.parameters(), *self.refiner.buffers())
+        )
+
+    def frozen_refiner(self, steps: int | None = None) -> FrozenBBDM:
+        """The frozen refiner for ``steps`` sampler steps, frozen once and reused.
+
+        It is frozen again when the refiner's weights or buffers change (training, loading, an
+        in-place update, moving the model), so it always computes what ``refiner.eval()`` computes.
+
+        Raises:
+            TypeError: the refiner is not a :class:`~hidiff.models.BBDM` (only BBDMs can be frozen).
+        """
+        if not isinstance(self.refiner, BBDM):
+            raise TypeError(f"only a BBDM refiner can be frozen, this one is a {type(self.refiner).__name__}")
+        state = self._refiner_state()
+        if state != self._frozen_from:
+            self._frozen_cache.clear()
+            self._frozen_from = state
+        timesteps = tuple(self.diffusion.timesteps(steps))
+        frozen = self._frozen_cache.get(timesteps)
+        if frozen is None:
+            frozen = self._frozen_cache[timesteps] = freeze(self.refiner, timesteps)
+        return frozen
+
+    def _resolve_frozen(self, frozen: bool | FrozenBBDM, steps: int | None) -> FrozenBBDM | None:
+        """The frozen refiner a refinement runs (None: the refiner layer by layer)."""
+        if isinstance(frozen, FrozenBBDM):
+            return frozen
+        if not isinstance(frozen, bool):
+            raise TypeError(f"frozen must be a bool or a FrozenBBDM, got {type(frozen).__name__}")
+        # The frozen form computes the eval-mode refiner: a refiner in training mode (batch
+        # statistics) or one that cannot be frozen runs as it is.
+        if frozen and isinstance(self.refiner, BBDM) and not self.refiner.training:
+            return self.frozen_refiner(steps)
+        return None
 
     @torch.no_grad()
     def refine(
@@ -128,7 +178,7 @@ class HiDiff(nn.Module):
         samples: int = 1,
         sampler: str = "ddim",
         seed: int = 0,
-        frozen: FrozenBBDM | None = None,
+        frozen: bool | FrozenBBDM = True,
     ) -> Tensor:
         """Refined continuous map ``y0_hat`` (no gradients: the reverse chain samples Bernoulli draws).
 
@@ -138,11 +188,14 @@ class HiDiff(nn.Module):
             samples: ensemble size.
             sampler: ``"ddim"`` or ``"ancestral"``.
             seed: sampling seed.
-            frozen: optional frozen refiner (:meth:`freeze`) run instead of ``self.refiner``.
+            frozen: True (default): with the refiner in eval mode, run its frozen form
+                (:meth:`frozen_refiner`: packed weights, per-step tables, fused kernels, the
+                condition computed once), the fast path; False: the refiner layer by layer; a
+                :class:`~hidiff.models.frozen.FrozenBBDM`: that one.
 
         Returns:
             float32 ``(B, K, H, W)`` in [0, 1]. Call ``eval()`` first for inference statistics and
-            the packed binary kernels.
+            the frozen refiner on the packed binary kernels.
         """
         prior, features = self.prior(x)
         return self.refine_from_prior(
@@ -159,7 +212,7 @@ class HiDiff(nn.Module):
         samples: int = 1,
         sampler: str = "ddim",
         seed: int = 0,
-        frozen: FrozenBBDM | None = None,
+        frozen: bool | FrozenBBDM = True,
     ) -> Tensor:
         """:meth:`refine` from an already computed prior and features (one segmentor pass serves both
         the segmentor's own prediction and the refinement).
@@ -167,9 +220,9 @@ class HiDiff(nn.Module):
         Args:
             x: float ``(B, Cimg, H, W)``.
             prior, features: outputs of :meth:`prior` for ``x``.
-            steps, samples, sampler, seed, frozen: as in :meth:`refine`. With ``frozen``, the
-                image/feature condition cache is computed once and reused by every step and
-                ensemble member.
+            steps, samples, sampler, seed, frozen: as in :meth:`refine`. With the frozen
+                refiner, the image/feature condition cache is computed once and reused by every
+                step and ensemble member.
 
         Returns:
             float32 ``(B, K, H, W)`` in [0, 1].
@@ -177,9 +230,10 @@ class HiDiff(nn.Module):
         Raises:
             ValueError: ``frozen`` lacks tables for some timestep the sampler visits.
         """
+        frozen_model = self._resolve_frozen(frozen, steps)
         denoise_fn = (
-            self._frozen_denoiser(frozen, x, prior, features, steps)
-            if frozen is not None
+            self._frozen_denoiser(frozen_model, x, prior, features, steps)
+            if frozen_model is not None
             else lambda y_t, t: self.refiner(x, y_t, prior, t, features)
         )
         return self.diffusion.sample(

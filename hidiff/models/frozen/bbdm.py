@@ -119,9 +119,9 @@ class FrozenBBDM(nn.Module):
         if not isinstance(refiner, BBDM):
             raise TypeError(f"refiner must be a BBDM, got {type(refiner).__name__}")
         timesteps = _check_timesteps(timesteps)
+        self.refiner_config = refiner.config
         self.image_channels = refiner.image_channels
         self.num_classes = refiner.num_classes
-        self.model_channels = refiner.model_channels
         self.cond_channels = tuple(refiner.cond_channels)
         self.binary = refiner.binary
         self.use_xformer = refiner.use_xformer
@@ -145,17 +145,9 @@ class FrozenBBDM(nn.Module):
 
     @property
     def config(self) -> dict[str, Any]:
-        """The constructor configuration (plain Python values): :meth:`from_config` builds the shell."""
-        return {
-            "image_channels": self.image_channels,
-            "num_classes": self.num_classes,
-            "model_channels": self.model_channels,
-            "cond_channels": list(self.cond_channels),
-            "binary": self.binary,
-            "xformer": self.use_xformer,
-            "prior_flip_rates": None if self.prior_flip_rates is None else list(self.prior_flip_rates),
-            "timesteps": list(self.frozen_timesteps),
-        }
+        """The refiner's configuration (:attr:`BBDM.config`) and the frozen ``timesteps``: :meth:`from_config`
+        builds the shell."""
+        return {**self.refiner_config, "timesteps": list(self.frozen_timesteps)}
 
     def get_extra_state(self) -> dict[str, Any]:
         """The config travels in the ``state_dict`` (key ``_extra_state``), making it self-describing."""

@@ -128,7 +128,7 @@ def test_each_network_is_counted_once(monkeypatch):
         calls.append(type(model).__name__)
         return count(model, *args, **kwargs)
 
-    monkeypatch.setattr(profiling, "count", counting)
+    monkeypatch.setattr(profiling.table, "count", counting)
     steps = 3
     settings = ProfileSettings(image_size=SIZE, steps=steps, segmentor="unet", refiner_channels=32)
     costs = profile_methods(settings, ["hidiff_binary", "hidiff_real"], progress=False)

@@ -29,6 +29,9 @@ __all__ = ["ConditionCache", "FrozenBBDM", "freeze"]
 
 FrozenLayer = FrozenBlock | FrozenConcat | FrozenXFormer
 
+#: Bytes of condition outputs a :class:`ConditionCache` keeps for reuse (C = 128 at 256x256: 6.4 MB a step).
+MODULATED_BUDGET_BYTES = 256 * 2**20
+
 
 def freeze_layer(layer: nn.Module, emb: Tensor) -> FrozenLayer:
     """The inference form of one of the refiner's layers at the time embeddings ``emb (S, E)``."""
@@ -67,6 +70,10 @@ class ConditionCache:
             on every call and pay a page fault per 4 KiB on first touch (milliseconds per
             full-resolution map); reusing them removes that. A cache therefore serves one
             refinement at a time.
+        modulated: the condition ResBlocks' outputs per (layer, steps), computed at a step's
+            first visit and reused by later visits of the same steps: an ensemble runs every
+            step once per member, and the condition depends on the image and t only. At most
+            :data:`MODULATED_BUDGET_BYTES` are kept (long chains keep their first steps).
     """
 
     image_term: Tensor
@@ -74,6 +81,7 @@ class ConditionCache:
     prior: Tensor | None = None
     input_buffer: Tensor | None = None
     workspace: dict[str, Tensor] = field(default_factory=dict)
+    modulated: dict[tuple[str, tuple[int, ...]], Tensor] = field(default_factory=dict)
 
     def buffer(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
         """The workspace tensor ``name`` of ``shape`` (dtype and device of ``like``), created once."""
@@ -82,6 +90,17 @@ class ConditionCache:
             tensor = like.new_empty(shape)
             self.workspace[name] = tensor
         return tensor
+
+    def condition(self, name: str, layer: FrozenConcat | FrozenXFormer, idx: Tensor, steps: tuple[int, ...]) -> Tensor:
+        """The output of ``layer``'s condition ResBlock at the step indices ``idx`` (``steps`` as a tuple)."""
+        key = (name, steps)
+        out = self.modulated.get(key)
+        if out is None:
+            out = layer.condition(self.conditions[name], idx)
+            used = sum(t.numel() * t.element_size() for t in self.modulated.values())
+            if used + out.numel() * out.element_size() <= MODULATED_BUDGET_BYTES:
+                self.modulated[key] = out
+        return out
 
 
 def _check_timesteps(timesteps: Sequence[int]) -> tuple[int, ...]:
@@ -287,10 +306,18 @@ class FrozenBBDM(nn.Module):
         return block(h_in, residual, idx, self._entry(following, idx))
 
     def _fuse(
-        self, name: str, h: Tensor, h_in: Tensor | None, cache: ConditionCache, idx: Tensor, following: str
+        self,
+        name: str,
+        h: Tensor,
+        h_in: Tensor | None,
+        cache: ConditionCache,
+        idx: Tensor,
+        steps: tuple[int, ...],
+        following: str,
     ) -> tuple[Tensor, Tensor | None]:
         """A layer that reads a segmentor feature (FrozenConcat or FrozenXFormer) with its cached condition."""
-        return getattr(self, name)(h, h_in, cache.conditions[name], idx, self._entry(following, idx))
+        layer = getattr(self, name)
+        return layer(h, h_in, cache.condition(name, layer, idx, steps), idx, self._entry(following, idx))
 
     def _decode(self, cache: ConditionCache, h: Tensor, h_in: Tensor, skips: list[Tensor], idx: Tensor) -> Tensor:
         """The decoder. An UpBlock runs from ``h`` packed at low resolution (nearest x2 commutes with TB
@@ -320,6 +347,7 @@ class FrozenBBDM(nn.Module):
         for name, value in (("y_t", y_t), ("prior", prior)):
             check_state(name, value, (batch, self.num_classes, height, width), "the cached image")
         idx = self.step_index(t, batch)
+        steps = tuple(idx.tolist())
         h = self._input_conv(cache, y_t, prior)
 
         # Encoder: each layer prepares (packs) its output for the layer that reads it.
@@ -328,12 +356,12 @@ class FrozenBBDM(nn.Module):
         for block, concat, down in ENCODER:
             h, h_in = self._block(block, h, h_in, idx, concat or down)
             if concat is not None:
-                h, h_in = self._fuse(concat, h, h_in, cache, idx, down)
+                h, h_in = self._fuse(concat, h, h_in, cache, idx, steps, down)
             skips.append(h)
             h, h_in = self._down(down, h, h_in, idx, LAYER_ORDER[LAYER_ORDER.index(down) + 1])
         mid1, fuse, mid2 = BOTTLENECK
         h, h_in = self._block(mid1, h, h_in, idx, fuse)
-        h, h_in = self._fuse(fuse, h, h_in, cache, idx, mid2)
+        h, h_in = self._fuse(fuse, h, h_in, cache, idx, steps, mid2)
         h, h_in = self._block(mid2, h, h_in, idx, DECODER[0][0])
         h = self._decode(cache, h, h_in, skips, idx)
         scale = flip_scale(self.prior_flip_rates, self.timesteps[idx])

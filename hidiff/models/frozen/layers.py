@@ -216,15 +216,15 @@ class FrozenConcat(nn.Module):
         return self.block.prefix_threshold(idx, self.block.out_channels)
 
     def forward(
-        self,
-        h: Tensor,
-        h_in: Tensor | None,
-        cached: tuple[Tensor, Tensor],
-        idx: Tensor,
-        next_threshold: Tensor | None = None,
+        self, h: Tensor, h_in: Tensor | None, c: Tensor, idx: Tensor, next_threshold: Tensor | None = None
     ) -> tuple[Tensor, Tensor | None]:
-        """``h (B, E, H, W)`` (and ``h_in``, h prepared at :meth:`entry_threshold`, or None) -> ``(out, next_in)``."""
-        c = self.condition(cached, idx)
+        """``block(concat(h, c))`` at the steps ``idx`` -> ``(out, next_in)``.
+
+        Args:
+            h: float ``(B, E, H, W)``; h_in: h prepared at :meth:`entry_threshold`, or None.
+            c: float ``(B, E, H, W)``, the output of :attr:`condition` at these steps.
+            next_threshold: as in :meth:`FrozenBlock.forward`.
+        """
         x_in = self.block.prepare_concat(h, h_in, c, idx)
         return self.block(x_in, pair_mean_of_concat(h, c), idx, next_threshold)
 

@@ -185,16 +185,11 @@ class FrozenXFormer(nn.Module):
         return None
 
     def forward(
-        self,
-        h: Tensor,
-        h_in: Tensor | None,
-        cached: tuple[Tensor, Tensor],
-        idx: Tensor,
-        next_threshold: Tensor | None = None,
+        self, h: Tensor, h_in: Tensor | None, c: Tensor, idx: Tensor, next_threshold: Tensor | None = None
     ) -> tuple[Tensor, None]:
-        """``h (B, D, H, W)`` and the condition cache of F3 -> ``((B, D, H, W), None)`` (``h_in``,
-        ``next_threshold`` are unused)."""
+        """``h (B, D, H, W)`` and ``c``, the output of :attr:`condition` at the steps ``idx``, ->
+        ``((B, D, H, W), None)`` (``h_in`` and ``next_threshold`` are unused)."""
         b, d, height, width = h.shape
-        c0 = self.condition(cached, idx).reshape(b, d, height * width, 1)
+        c0 = c.reshape(b, d, height * width, 1)
         h1 = exchange(self, c0, h.reshape(b, d, height * width, 1), idx, (height, width))
         return h1.view(b, d, height, width), None

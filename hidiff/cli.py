@@ -47,7 +47,7 @@ def apply_overrides(config: dict, overrides: Sequence[tuple[list[str], object]])
 
 
 def _load_config(path: str | None, overrides: Sequence[tuple[list[str], object]]):
-    from .training.config import TrainingConfig
+    from .config import TrainingConfig
 
     data: dict = {}
     if path is not None:
@@ -164,9 +164,8 @@ def _command_train(args: argparse.Namespace) -> int:
 def _command_evaluate(args: argparse.Namespace) -> int:
     from .data import build_dataset
     from .evaluation import evaluate
-    from .inference import load_model
+    from .factory import load_model
     from .metrics import format_report
-    from .training.launch import dataset_kwargs
 
     _existing_file(args.checkpoint, "--checkpoint")
     _writable_file(args.output, "--output")
@@ -174,7 +173,7 @@ def _command_evaluate(args: argparse.Namespace) -> int:
         raise NotADirectoryError(f"--data-root {args.data_root} is not a directory")
     model, config = load_model(args.checkpoint, use_ema=not args.no_ema, device=args.device)
     root = args.data_root if args.data_root is not None else config.data.root
-    dataset = build_dataset(config.data.name, root, args.split, **dataset_kwargs(config))
+    dataset = build_dataset(config.data.name, root, args.split, **config.data.dataset_kwargs())
     # Readers that train on crops of larger images (DRIVE, CHASE_DB1) are evaluated by a sliding window.
     window = args.window or getattr(dataset, "crop_size", None)
     if args.seeds:
@@ -225,12 +224,11 @@ def _json_value(value: object) -> object:
 def _command_diagnose(args: argparse.Namespace) -> int:
     from .data import build_dataset
     from .diagnostics import diagnose, format_diagnostics, write_diagnostics
-    from .inference import load_model
-    from .training.launch import dataset_kwargs
+    from .factory import load_model
 
     model, config = load_model(args.checkpoint, use_ema=not args.no_ema, device=args.device)
     root = args.data_root if args.data_root is not None else config.data.root
-    dataset = build_dataset(config.data.name, root, args.split, **dataset_kwargs(config))
+    dataset = build_dataset(config.data.name, root, args.split, **config.data.dataset_kwargs())
     result = diagnose(
         model,
         dataset,
@@ -252,7 +250,8 @@ def _command_diagnose(args: argparse.Namespace) -> int:
 
 
 def _command_segment(args: argparse.Namespace) -> int:
-    from .inference import load_model, segment_files
+    from .factory import load_model
+    from .inference import segment_files
 
     _existing_file(args.checkpoint, "--checkpoint")
     for image in args.images:

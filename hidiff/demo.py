@@ -19,15 +19,14 @@ from torch import Tensor
 
 from hidiff_kernels.nn import packed_kernels
 
+from .config import TrainingConfig
 from .data import build_dataset
 from .diagnostics import diagnose, write_diagnostics
 from .evaluation import RefineSettings, evaluate, predict
-from .inference import load_model
+from .factory import load_model
 from .metrics import format_report
 from .models import HiDiff
 from .training import run_training
-from .training.config import TrainingConfig
-from .training.launch import dataset_kwargs
 
 logger = logging.getLogger(__name__)
 
@@ -196,7 +195,7 @@ def run_demo(
     checkpoint = run_dir / "best.pt" if (run_dir / "best.pt").is_file() else run_dir / "latest.pt"
     model, _ = load_model(checkpoint)
 
-    kwargs = dataset_kwargs(config)
+    kwargs = config.data.dataset_kwargs()
     val_set = build_dataset(config.data.name, config.data.root, "val", **kwargs)
     diagnostics = diagnose(model, val_set, max_images=32, seed=seed, progress=False)
     write_diagnostics(diagnostics, run_dir / "diagnostics_val")

@@ -1,4 +1,8 @@
-"""Using a trained HiDiff: load it from a checkpoint, segment image files, write masks and overlay figures."""
+"""Using a trained HiDiff: segment image files, write masks and overlay figures.
+
+The model comes from a checkpoint through :func:`hidiff.factory.load_model`; nothing here imports
+:mod:`hidiff.training`.
+"""
 
 from __future__ import annotations
 
@@ -17,66 +21,8 @@ from torch import Tensor
 from .data.base import image_array
 from .evaluation import RefineSettings, predict
 from .models import HiDiff
-from .training.checkpoint import load_checkpoint
-from .training.config import TrainingConfig
-from .training.launch import build_model
 
 logger = logging.getLogger(__name__)
-
-
-def load_model(
-    checkpoint: str | Path, use_ema: bool = True, device: str | torch.device = "cpu"
-) -> tuple[HiDiff, TrainingConfig]:
-    """Rebuilds the HiDiff of a trainer checkpoint (``latest.pt`` / ``best.pt``) in eval mode.
-
-    Args:
-        checkpoint: path of the checkpoint; its configuration is stored inside it.
-        use_ema: load the refiner's EMA weights (what the trainer validates with) instead of the raw ones.
-        device: where to put the model.
-
-    Returns:
-        the model and its training configuration.
-
-    Raises:
-        FileNotFoundError: when the checkpoint does not exist.
-        ValueError: when it is not a trainer checkpoint, or its weights do not fit the model of its configuration.
-    """
-    state = load_checkpoint(checkpoint, map_location=device)
-    for key in ("config", "segmentor", "refiner"):
-        if key not in state:
-            raise ValueError(f"{checkpoint} is not a HiDiff trainer checkpoint (no {key!r} entry)")
-    config_dict = state["config"]
-    # Checkpoints written before the residual output existed hold the paper's direct form.
-    config_dict.get("diffusion", {}).setdefault("parameterization", "direct")
-    config = TrainingConfig.from_dict(config_dict)
-    segmentor_state = state["segmentor"]
-    refiner_state = state["ema"]["shadow"] if use_ema and "ema" in state else state["refiner"]
-    in_channels, num_classes = _image_and_class_channels(refiner_state)
-    model = build_model(config, in_channels, num_classes)
-    _load_weights(model.segmentor, segmentor_state, "segmentor", checkpoint)
-    _load_weights(model.refiner, refiner_state, "refiner", checkpoint)
-    return model.to(device).eval(), config
-
-
-def _load_weights(module: torch.nn.Module, state: dict[str, Tensor], what: str, checkpoint: str | Path) -> None:
-    """``module.load_state_dict(state)``, a mismatch reported as a ValueError naming the checkpoint and the network."""
-    try:
-        module.load_state_dict(state)
-    except RuntimeError as error:
-        detail = " ".join(line.strip() for line in str(error).strip().splitlines()[1:3])
-        raise ValueError(
-            f"the {what} weights of {checkpoint} do not match the model its configuration builds: {detail}"
-        ) from error
-
-
-def _image_and_class_channels(refiner_state: dict[str, Tensor]) -> tuple[int, int]:
-    """(Cimg, K) from the weights: the refiner's head outputs K maps, its input conv reads Cimg + 2K channels."""
-    try:
-        num_classes = int(refiner_state["head.conv.weight"].shape[0])
-        in_channels = int(refiner_state["input_conv.weight"].shape[1]) - 2 * num_classes
-    except KeyError as error:
-        raise ValueError(f"the checkpoint's refiner weights have no {error.args[0]!r}: not a BBDM refiner") from error
-    return in_channels, num_classes
 
 
 def read_image(path: str | Path, channels: int = 3) -> Tensor:

@@ -17,7 +17,8 @@ from hidiff.data import build_dataset
 from hidiff.demo import run_demo
 from hidiff.diffusion import BernoulliDiffusion
 from hidiff.evaluation import RefineSettings, evaluate
-from hidiff.inference import load_model, read_image
+from hidiff.factory import load_model
+from hidiff.inference import read_image
 from hidiff.models import BBDM, HiDiff, UNet
 
 TINY_CONFIG = {
@@ -67,7 +68,7 @@ def test_overrides_set_nested_keys_and_unknown_keys_are_rejected(tmp_path):
 def test_every_dataset_config_loads():
     from pathlib import Path
 
-    from hidiff.training.config import TrainingConfig
+    from hidiff.config import TrainingConfig
 
     configs = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
     assert len(configs) >= 6

@@ -11,14 +11,16 @@ import yaml
 from PIL import Image
 
 from hidiff import cli, inference
+from hidiff.checkpoint import load_checkpoint, save_checkpoint
+from hidiff.config import TrainingConfig
 from hidiff.data import KvasirSEG
 from hidiff.data.base import read_image as read_data_image
 from hidiff.data.base import to_binary
 from hidiff.data.transforms import to_image_tensor
 from hidiff.evaluation import RefineSettings
-from hidiff.inference import load_model, read_image, segment_files
-from hidiff.training import TrainingConfig, run_training
-from hidiff.training.checkpoint import load_checkpoint, save_checkpoint
+from hidiff.factory import load_model
+from hidiff.inference import read_image, segment_files
+from hidiff.training import run_training
 
 TINY = {
     "data": {"name": "synthetic", "image_size": 32, "batch_size": 2, "num_workers": 0, "kwargs": {"length": 4}},
@@ -200,12 +202,12 @@ def test_cli_checkpoint_that_does_not_match_its_config(run_dir, tmp_path, caplog
 
 
 def test_cli_validates_paths_before_work(run_dir, tmp_path, caplog, monkeypatch):
-    import hidiff.inference
+    import hidiff.factory
 
     def fail(*args, **kwargs):
         raise AssertionError("work started before the arguments were checked")
 
-    monkeypatch.setattr(hidiff.inference, "load_model", fail)
+    monkeypatch.setattr(hidiff.factory, "load_model", fail)
     checkpoint = str(run_dir / "latest.pt")
     image = tmp_path / "x.png"
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)

@@ -17,20 +17,12 @@ import pytest
 import torch
 from torch import nn
 
+from hidiff.checkpoint import load_checkpoint, save_checkpoint
+from hidiff.config import TrainingConfig
 from hidiff.data import build_dataset
+from hidiff.factory import build_model
 from hidiff.losses import discriminative_loss
-from hidiff.training import (
-    EMA,
-    PolyLambda,
-    Trainer,
-    TrainingConfig,
-    build_model,
-    distributed,
-    load_checkpoint,
-    poly_scheduler,
-    run_training,
-    save_checkpoint,
-)
+from hidiff.training import EMA, PolyLambda, Trainer, distributed, poly_scheduler, run_training
 from hidiff.training.sampler import EpochSeededDataset, ResumableBatchSampler
 from hidiff.training.seeding import get_rng_state, set_rng_state
 

@@ -1,4 +1,5 @@
-"""Building a run from a configuration: datasets, HiDiff model, trainer; ``run_training`` drives both phases."""
+"""Building a run from a configuration: datasets, HiDiff model (:func:`hidiff.factory.build_model`), trainer;
+``run_training`` drives both phases."""
 
 from __future__ import annotations
 
@@ -8,70 +9,28 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from ..config import TrainingConfig
 from ..data import build_dataset
-from ..diffusion import BernoulliDiffusion
-from ..models import BBDM, HiDiff, build_segmentor
+from ..factory import build_model
 from . import distributed
-from .config import TrainingConfig
 from .seeding import derive_seed, seed_everything
 from .trainer import Trainer
 
-__all__ = ["RUN_FILES", "build_datasets", "build_model", "dataset_kwargs", "prepare_output_dir", "run_training"]
+__all__ = ["RUN_FILES", "build_datasets", "prepare_output_dir", "run_training"]
 
 logger = logging.getLogger(__name__)
-
-
-def dataset_kwargs(config: TrainingConfig) -> dict:
-    """Keyword arguments of ``build_dataset`` from ``config.data``: ``image_size`` only when it is set."""
-    data = config.data
-    size = {} if data.image_size is None else {"image_size": data.image_size}
-    return {**size, **data.kwargs}
 
 
 def build_datasets(config: TrainingConfig) -> tuple[Dataset, Dataset | None]:
     """The training and (unless ``data.val_split`` is null) validation datasets of ``config.data``.
 
-    Each is ``hidiff.data.build_dataset(name, root, split, **dataset_kwargs(config))``.
+    Each is ``hidiff.data.build_dataset(name, root, split, **config.data.dataset_kwargs())``.
     """
     data = config.data
-    kwargs = dataset_kwargs(config)
+    kwargs = data.dataset_kwargs()
     train_set = build_dataset(data.name, data.root, data.train_split, **kwargs)
     val_set = build_dataset(data.name, data.root, data.val_split, **kwargs) if data.val_split else None
     return train_set, val_set
-
-
-def build_model(config: TrainingConfig, in_channels: int, num_classes: int) -> HiDiff:
-    """HiDiff from ``config.model`` and ``config.diffusion`` for images of `in_channels` and `num_classes` classes.
-
-    The refiner's condition channels are the segmentor's ``feature_channels``; with
-    ``diffusion.parameterization: residual`` it gets the schedule's ``1 - abar_t`` as its
-    ``prior_flip_rates``.
-    """
-    model, diffusion_config = config.model, config.diffusion
-    diffusion = BernoulliDiffusion(
-        num_steps=diffusion_config.num_steps,
-        schedule=diffusion_config.schedule,
-        focal_gamma=diffusion_config.focal_gamma,
-        focal_weight=diffusion_config.focal_weight,
-        first_step_term=diffusion_config.first_step_term,
-        model_posterior=diffusion_config.model_posterior,
-        dice_weight=diffusion_config.dice_weight,
-    )
-    residual = diffusion_config.parameterization == "residual"
-    segmentor = build_segmentor(
-        model.segmentor, in_channels=in_channels, num_classes=num_classes, **model.segmentor_kwargs
-    )
-    refiner = BBDM(
-        image_channels=in_channels,
-        num_classes=num_classes,
-        model_channels=model.refiner_channels,
-        cond_channels=segmentor.feature_channels,
-        binary=model.binary,
-        xformer=model.xformer,
-        prior_flip_rates=diffusion.flip_scales if residual else None,
-        **model.refiner_kwargs,
-    )
-    return HiDiff(segmentor, refiner, diffusion)
 
 
 RUN_FILES = (

@@ -46,22 +46,37 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from ..checkpoint import remove_stale_temporaries, save_checkpoint
+from ..config import TrainingConfig
+from ..factory import checkpoint_header, read_checkpoint
 from ..losses import discriminative_loss_terms
 from ..models import HiDiff, prior_from_logits
 from . import distributed
-from .checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
-from .config import TrainingConfig
 from .ema import EMA
 from .logs import PHASES, LossLog
 from .sampler import EpochSeededDataset, ResumableBatchSampler
 from .schedule import poly_scheduler
 from .seeding import derive_seed, get_rng_state, set_rng_state
 
-__all__ = ["CHECKPOINT_FORMAT", "Trainer", "ValidateFn"]
+__all__ = ["RESUME_KEYS", "Trainer", "ValidateFn"]
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "hidiff-trainer-1"
+#: The entries of a checkpoint that resuming a run reads, besides its ``format`` and ``format_version``.
+RESUME_KEYS = (
+    "config",
+    "segmentor",
+    "refiner",
+    "ema",
+    "optimizers",
+    "schedulers",
+    "scalers",
+    "steps",
+    "batches_consumed",
+    "world_size",
+    "best",
+    "rng",
+)
 
 ValidateFn = Callable[[HiDiff, str], Mapping[str, float]]
 """``validate_fn(model, phase) -> metrics``: called on rank 0 with the model in eval mode under ``torch.no_grad()``
@@ -558,8 +573,7 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs (tensors and primitive containers only)."""
         return {
-            "format": CHECKPOINT_FORMAT,
-            "config": self.config.to_dict(),
+            **checkpoint_header(self.config),
             "segmentor": self.segmentor.state_dict(),
             "refiner": self.refiner.state_dict(),
             "ema": self.ema.state_dict(),
@@ -603,11 +617,10 @@ class Trainer:
 
         Raises:
             FileNotFoundError: when the checkpoint does not exist.
-            ValueError: when the file is not a trainer checkpoint.
+            ValueError: when the file is not a trainer checkpoint of a known format version
+                (:func:`hidiff.factory.read_checkpoint`).
         """
-        state = load_checkpoint(path, map_location=self.device)
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path} is not a trainer checkpoint (format {state.get('format')!r})")
+        state = read_checkpoint(path, map_location=self.device, required=RESUME_KEYS)
         changed = _changed_keys(state["config"], self.config.to_dict())
         if changed:
             logger.warning("resuming %s with a different configuration: %s", path, ", ".join(changed))

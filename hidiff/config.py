@@ -1,4 +1,7 @@
-"""Training configuration: plain dataclasses with a strict YAML round trip.
+"""Run configuration: plain dataclasses with a strict YAML round trip.
+
+Training reads every section; a checkpoint stores the whole configuration, and inference rebuilds the model from its
+``data``, ``model`` and ``diffusion`` sections (:mod:`hidiff.factory`), so this module belongs to neither side.
 
 A configuration file has five sections and one top-level key; every key is optional (the defaults below apply)::
 
@@ -14,8 +17,9 @@ A configuration file has five sections and one top-level key; every key is optio
       val_split: val          # null: no validation set
       kwargs: {}              # further keyword arguments for build_dataset
     model:
-      segmentor: unet         # a segmentor name known to hidiff.models
-      segmentor_kwargs: {}    # further keyword arguments of the segmentor
+      segmentor: unet         # "unet", "merit" or "timm:<backbone>" (hidiff.models.build_segmentor)
+      segmentor_kwargs: {}    # further keyword arguments of the segmentor (merit: image_size defaults
+                              # to data.image_size)
       refiner_channels: 128   # base width C of the BBDM refiner
       binary: true            # binarised refiner (BBDM_binary) or the real-valued one
       xformer: true           # the X-Former between the refiner bottleneck and the deepest segmentor feature
@@ -104,6 +108,11 @@ class DataConfig:
         )
         _require(self.batch_size > 0, f"data.batch_size must be > 0, got {self.batch_size}")
         _require(self.num_workers >= 0, f"data.num_workers must be >= 0, got {self.num_workers}")
+
+    def dataset_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``hidiff.data.build_dataset``: ``image_size`` only when it is set, then ``kwargs``."""
+        size = {} if self.image_size is None else {"image_size": self.image_size}
+        return {**size, **self.kwargs}
 
 
 @dataclass

@@ -153,8 +153,11 @@ def test_demo_runs_and_reports_both_timings(tmp_path, capsys):
         output_dir=tmp_path / "demo", image_size=32, pretrain_iterations=1, alternate_iterations=1, samples=2
     )
     printed = capsys.readouterr().out
-    assert "Segmentor alone" in printed and "packed binary kernels" in printed
+    assert "Segmentor alone" in printed and "frozen binary refiner" in printed
+    assert "real refiner of the same topology, torch fp32" in printed
     assert "mean of 2 samples" in printed and "prior-only Bayes denoiser" in printed
     assert (tmp_path / "demo" / "diagnostics_val" / "reliability.png").is_file()
-    assert result["timing"]["packed"] > 0 and result["timing"]["float"] > 0
+    timing = result["timing"]
+    assert timing["frozen"] > 0 and timing["layer_by_layer"] > 0 and timing["real"] > 0
+    assert timing["speedup"] == pytest.approx(timing["real"] / timing["frozen"])
     assert result["figure"].is_file()

@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from .diffusion.modes import Sampler
+
 logger = logging.getLogger("hidiff")
 
 
@@ -136,7 +138,7 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser, ensemble: bool = Tr
             "fused kernels; the default, several times faster, same results up to float rounding)",
         )
     parser.add_argument(
-        "--sampler", choices=("ddim", "ancestral"), default=None, help="default: the checkpoint's diffusion.sampler"
+        "--sampler", choices=Sampler.choices(), default=None, help="default: the checkpoint's diffusion.sampler"
     )
     parser.add_argument("--seed", type=_seed, default=0, help="sampling seed (same seed, same masks)")
     parser.add_argument("--no-ema", action="store_true", help="use the raw refiner weights instead of the EMA")

@@ -138,7 +138,7 @@ def compare(
         interval=interval,
         num_images=len(segmentor_values["dice"]),
         seeds=seeds,
-        settings={"steps": settings.steps, "samples": settings.samples, "sampler": settings.sampler},
+        settings={"steps": settings.steps, "samples": settings.samples, "sampler": str(settings.sampler)},
         confidence=confidence,
     )
 

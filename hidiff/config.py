@@ -80,6 +80,8 @@ from typing import Any, Union
 
 import yaml
 
+from .diffusion.modes import FirstStepTerm, ModelPosterior, Parameterization, Sampler
+
 __all__ = ["DataConfig", "DiffusionConfig", "ModelConfig", "OptimConfig", "TrainConfig", "TrainingConfig"]
 
 
@@ -148,30 +150,19 @@ class DiffusionConfig:
 
     def __post_init__(self) -> None:
         _require(self.num_steps > 0, f"diffusion.num_steps must be > 0, got {self.num_steps}")
-        _require(
-            self.sampler in ("ddim", "ancestral"),
-            f"diffusion.sampler must be 'ddim' or 'ancestral', got {self.sampler}",
-        )
+        # Plain strings in the configuration (YAML); each is checked by its mode's one parser.
+        self.sampler = Sampler.parse(self.sampler, "diffusion.sampler").value
+        self.parameterization = Parameterization.parse(self.parameterization, "diffusion.parameterization").value
+        self.first_step_term = FirstStepTerm.parse(self.first_step_term, "diffusion.first_step_term").value
+        self.model_posterior = ModelPosterior.parse(self.model_posterior, "diffusion.model_posterior").value
         _require(
             self.sample_steps is None or 0 < self.sample_steps <= self.num_steps,
             f"diffusion.sample_steps must be null or in 1..num_steps={self.num_steps}, got {self.sample_steps}",
         )
         _require(self.ensemble > 0, f"diffusion.ensemble must be > 0, got {self.ensemble}")
-        _require(
-            self.parameterization in ("residual", "direct"),
-            f"diffusion.parameterization must be 'residual' or 'direct', got {self.parameterization}",
-        )
         _require(self.focal_gamma >= 0, f"diffusion.focal_gamma must be >= 0, got {self.focal_gamma}")
         _require(self.dice_weight >= 0, f"diffusion.dice_weight must be >= 0, got {self.dice_weight}")
         _require(self.focal_weight >= 0, f"diffusion.focal_weight must be >= 0, got {self.focal_weight}")
-        _require(
-            self.first_step_term in ("y0_hat", "posterior"),
-            f"diffusion.first_step_term must be 'y0_hat' or 'posterior', got {self.first_step_term}",
-        )
-        _require(
-            self.model_posterior in ("mixture", "plugin"),
-            f"diffusion.model_posterior must be 'mixture' or 'plugin', got {self.model_posterior}",
-        )
 
 
 @dataclass

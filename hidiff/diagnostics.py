@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from .diffusion import prior_flip_rate, q_sample, sample_chain
+from .diffusion import Sampler, prior_flip_rate, q_sample, sample_chain
 from .diffusion.losses import bernoulli_nll
 from .models import HiDiff
 
@@ -254,7 +254,7 @@ def chain_statistics(
     dataset: Dataset,
     *,
     steps: int | None = None,
-    sampler: str = "ddim",
+    sampler: Sampler | str = Sampler.DDIM,
     max_images: int | None = None,
     batch_size: int = 8,
     seed: int = 0,
@@ -310,7 +310,7 @@ def diagnose(
     dataset: Dataset,
     *,
     steps: int | None = None,
-    sampler: str = "ddim",
+    sampler: Sampler | str = Sampler.DDIM,
     max_images: int | None = None,
     batch_size: int = 8,
     seed: int = 0,
@@ -340,7 +340,7 @@ def diagnose(
         dice_segmentor=dice_segmentor,
         dice_chain=dice_chain,
         num_images=count,
-        settings={"steps": steps, "sampler": sampler, "seed": seed},
+        settings={"steps": steps, "sampler": str(sampler), "seed": seed},
     )
 
 

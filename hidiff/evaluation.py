@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .data import sliding_window_inference
+from .diffusion import Sampler
 from .metrics import SegmentationMetrics
 from .models import HiDiff
 
@@ -54,7 +55,7 @@ class RefineSettings:
 
     steps: int | None = None
     samples: int = 16
-    sampler: str = "ddim"
+    sampler: Sampler | str = Sampler.DDIM
     seed: int = 0
     frozen: bool = True
 

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainingConfig
-from .diffusion import BernoulliDiffusion
+from .diffusion import BernoulliDiffusion, Parameterization
 from .models import BBDM, HiDiff, build_segmentor, segmentor_spec
 
 __all__ = [
@@ -80,7 +80,7 @@ def build_model(config: TrainingConfig, in_channels: int, num_classes: int) -> H
         model_posterior=diffusion_config.model_posterior,
         dice_weight=diffusion_config.dice_weight,
     )
-    residual = diffusion_config.parameterization == "residual"
+    residual = diffusion_config.parameterization == Parameterization.RESIDUAL
     segmentor_kwargs = dict(model.segmentor_kwargs)
     if segmentor_spec(model.segmentor).fixed_size and "image_size" not in segmentor_kwargs:
         if config.data.image_size is None:

@@ -458,3 +458,22 @@ def test_sampler_errors():
         diffusion.sample(lambda y_t, t: y_t[..., :2], prior)
     with pytest.raises(ValueError, match="strictly descending"):
         sample_chain(denoise, prior, diffusion.schedule, [0, 5])
+
+
+def test_modes_parse_once_with_an_error_naming_the_argument_and_the_choices():
+    from hidiff.config import DiffusionConfig
+    from hidiff.diffusion import FirstStepTerm, ModelPosterior, Parameterization, Sampler
+
+    assert Sampler.parse("ancestral", "sampler") is Sampler.ANCESTRAL
+    assert Sampler.parse(Sampler.DDIM, "sampler") is Sampler.DDIM
+    assert Sampler.DDIM == "ddim" and str(ModelPosterior.PLUGIN) == "plugin"
+    assert FirstStepTerm.choices() == ("y0_hat", "posterior")
+    assert Parameterization.choices() == ("residual", "direct")
+    with pytest.raises(ValueError, match=r"sampler must be one of \('ddim', 'ancestral'\), got 'dim'"):
+        Sampler.parse("dim", "sampler")
+    with pytest.raises(ValueError, match="diffusion.model_posterior must be one of"):
+        DiffusionConfig(model_posterior="mix")
+    with pytest.raises(ValueError, match="model_posterior must be one of"):
+        BernoulliDiffusion(model_posterior="mix")
+    config = DiffusionConfig(sampler=Sampler.ANCESTRAL)
+    assert type(config.sampler) is str and config.sampler == "ancestral"  # plain strings stay YAML-safe

@@ -6,13 +6,15 @@
 - :mod:`.losses`: KL / decoder NLL + focal loss (Eq. 11-13).
 - :mod:`.samplers`: ancestral and DDIM samplers with respacing and ensembles, on the counter RNG of
   ``hidiff_kernels.bernoulli_step``.
+- :mod:`.modes`: the named choices (sampler, model posterior, t = 0 term, refiner output) as enums.
 - :class:`BernoulliDiffusion` ties them together.
 """
 
 from .bernoulli import BernoulliDiffusion
 from .losses import DiffusionLoss, bernoulli_kl, bernoulli_nll, diffusion_loss, focal_loss
+from .modes import FirstStepTerm, ModelPosterior, Parameterization, Sampler
 from .process import calibrate, posterior_mean, prior_flip_rate, q_sample
-from .samplers import SAMPLERS, DenoiseFn, respace, sample, sample_chain, step_coefficients, to_mask
+from .samplers import DenoiseFn, respace, sample, sample_chain, step_coefficients, to_mask
 from .schedules import (
     MAX_BETA,
     SCHEDULES,
@@ -24,12 +26,15 @@ from .schedules import (
 
 __all__ = [
     "MAX_BETA",
-    "SAMPLERS",
     "SCHEDULES",
     "BernoulliDiffusion",
     "BernoulliSchedule",
     "DenoiseFn",
     "DiffusionLoss",
+    "FirstStepTerm",
+    "ModelPosterior",
+    "Parameterization",
+    "Sampler",
     "bernoulli_kl",
     "bernoulli_nll",
     "calibrate",

@@ -6,8 +6,9 @@ import torch
 from torch import Tensor
 
 from . import samplers
-from .losses import FIRST_STEP_TERMS, DiffusionLoss, diffusion_loss
-from .process import MODEL_POSTERIORS, calibrate, posterior_mean, q_sample
+from .losses import DiffusionLoss, diffusion_loss
+from .modes import FirstStepTerm, ModelPosterior, Sampler
+from .process import calibrate, posterior_mean, q_sample
 from .samplers import DenoiseFn
 from .schedules import BernoulliSchedule, make_schedule
 
@@ -42,7 +43,7 @@ class BernoulliDiffusion:
             ``"posterior"`` (Eq. 7 at ``abar_{-1} = 1``).
         model_posterior: how ``p_theta(y_{t-1} | y_t)`` is formed from ``y0_hat`` in the KL term and
             the ancestral sampler: ``"mixture"`` (default, exact for a calibrated ``y0_hat``) or
-            ``"plugin"`` (the paper's Eq. 10), see :data:`hidiff.diffusion.process.MODEL_POSTERIORS`.
+            ``"plugin"`` (the paper's Eq. 10), see :class:`~hidiff.diffusion.modes.ModelPosterior`.
         dice_weight: weight (>= 0) of a soft Dice loss on ``y0_hat`` (0: the paper's loss).
     """
 
@@ -52,21 +53,17 @@ class BernoulliDiffusion:
         schedule: str = "cosine",
         focal_gamma: float = 0.0,
         focal_weight: float = 1.0,
-        first_step_term: str = "y0_hat",
-        model_posterior: str = "mixture",
+        first_step_term: FirstStepTerm | str = FirstStepTerm.Y0_HAT,
+        model_posterior: ModelPosterior | str = ModelPosterior.MIXTURE,
         dice_weight: float = 0.0,
     ) -> None:
         if focal_gamma < 0:
             raise ValueError(f"focal_gamma must be >= 0, got {focal_gamma}")
         if focal_weight < 0:
             raise ValueError(f"focal_weight must be >= 0, got {focal_weight}")
-        if first_step_term not in FIRST_STEP_TERMS:
-            raise ValueError(f"first_step_term must be one of {FIRST_STEP_TERMS}, got {first_step_term!r}")
+        self.first_step_term = FirstStepTerm.parse(first_step_term, "first_step_term")
+        self.model_posterior = ModelPosterior.parse(model_posterior, "model_posterior")
         self.schedule: BernoulliSchedule = make_schedule(schedule, num_steps)
-        self.first_step_term = first_step_term
-        if model_posterior not in MODEL_POSTERIORS:
-            raise ValueError(f"model_posterior must be one of {MODEL_POSTERIORS}, got {model_posterior!r}")
-        self.model_posterior = model_posterior
         if dice_weight < 0:
             raise ValueError(f"dice_weight must be >= 0, got {dice_weight}")
         self.dice_weight = float(dice_weight)
@@ -223,7 +220,7 @@ class BernoulliDiffusion:
         denoise_fn: DenoiseFn,
         prior: Tensor,
         steps: int | None = None,
-        sampler: str = "ddim",
+        sampler: Sampler | str = Sampler.DDIM,
         samples: int = 1,
         seed: int = 0,
     ) -> Tensor:

@@ -12,10 +12,10 @@ import torch
 from torch import Tensor
 
 from ..losses import soft_dice_loss
-from .process import MODEL_POSTERIORS, calibrate, model_posterior_mean, posterior_mean
+from .modes import FirstStepTerm, ModelPosterior
+from .process import calibrate, model_posterior_mean, posterior_mean
 
 __all__ = [
-    "FIRST_STEP_TERMS",
     "PROB_CLAMP",
     "DiffusionLoss",
     "bernoulli_kl",
@@ -26,7 +26,6 @@ __all__ = [
 
 PROB_CLAMP = 1e-7
 
-FIRST_STEP_TERMS = ("y0_hat", "posterior")
 """How the t = 0 term scores y0: under ``y0_hat = |y_t - eps_hat|`` itself (the public code; a proper
 scoring rule on eps_hat) or under the posterior of Eq. 7 at ``abar_{-1} = 1`` (nearly flat in eps_hat)."""
 
@@ -94,8 +93,8 @@ def diffusion_loss(
     first_step: Tensor,
     focal_gamma: float = 0.0,
     focal_weight: float = 1.0,
-    first_step_term: str = "y0_hat",
-    model_posterior: str = "mixture",
+    first_step_term: FirstStepTerm | str = FirstStepTerm.Y0_HAT,
+    model_posterior: ModelPosterior | str = ModelPosterior.MIXTURE,
     dice_weight: float = 0.0,
 ) -> DiffusionLoss:
     """``L_Diff = KL(q(y_{t-1} | y_t, y0, p) || p_theta(y_{t-1} | y_t, p)) + focal_weight * Focal(eps_hat, eps)``.
@@ -119,16 +118,16 @@ def diffusion_loss(
         alpha, alpha_bar_prev: ``(B,)`` ``alpha_t`` and ``abar_{t-1}`` per sample.
         first_step: bool ``(B,)``, True where t = 0.
         focal_gamma, focal_weight: focal exponent (0: BCE) and weight (lambda_focal).
-        first_step_term: ``"y0_hat"`` or ``"posterior"`` (see :data:`FIRST_STEP_TERMS`).
-        model_posterior: ``"mixture"`` or ``"plugin"`` (see :data:`hidiff.diffusion.process.MODEL_POSTERIORS`).
+        first_step_term: ``"y0_hat"`` or ``"posterior"`` (see :class:`~hidiff.diffusion.modes.FirstStepTerm`).
+        model_posterior: ``"mixture"`` or ``"plugin"`` (see :class:`~hidiff.diffusion.modes.ModelPosterior`).
         dice_weight: weight of the soft Dice loss of ``y0_hat = |y_t - eps_hat|`` against ``y0`` (0: the
             paper's loss). Thresholded ``y0_hat`` is the final mask, and the segmentor's L_Disc has the same term.
 
     Returns:
         :class:`DiffusionLoss` of scalar tensors, differentiable in eps_hat and prior.
     """
-    if first_step_term not in FIRST_STEP_TERMS:
-        raise ValueError(f"first_step_term must be one of {FIRST_STEP_TERMS}, got {first_step_term!r}")
+    first_step_term = FirstStepTerm.parse(first_step_term, "first_step_term")
+    model_posterior = ModelPosterior.parse(model_posterior, "model_posterior")
     for name, t in (("y_t", y_t), ("eps", eps), ("y0", y0), ("prior", prior)):
         if t.shape != eps_hat.shape:
             raise ValueError(f"{name} must have the shape of eps_hat {tuple(eps_hat.shape)}, got {tuple(t.shape)}")
@@ -136,13 +135,11 @@ def diffusion_loss(
     eps_hat, prior = eps_hat.to(dtype), prior.to(dtype)
     y_t, eps, y0 = y_t.to(dtype), eps.to(dtype), y0.to(dtype)
 
-    if model_posterior not in MODEL_POSTERIORS:
-        raise ValueError(f"model_posterior must be one of {MODEL_POSTERIORS}, got {model_posterior!r}")
     mu_hat = model_posterior_mean(y_t, calibrate(y_t, eps_hat), prior, alpha, alpha_bar_prev, model_posterior)
     mu_true = posterior_mean(y_t, y0, prior, alpha, alpha_bar_prev)
     kl = _mean_per_sample(bernoulli_kl(mu_true, mu_hat))
     y0_hat = calibrate(y_t, eps_hat)
-    decoder = y0_hat if first_step_term == "y0_hat" else mu_hat
+    decoder = y0_hat if first_step_term is FirstStepTerm.Y0_HAT else mu_hat
     nll = _mean_per_sample(bernoulli_nll(y0, decoder))
     vb = torch.where(first_step.to(kl.device), nll, kl).mean()
     focal = focal_loss(eps_hat, eps, focal_gamma).mean()

@@ -13,8 +13,9 @@ from torch import Tensor
 
 from hidiff_kernels.reference import POSTERIOR_EPS
 
+from .modes import ModelPosterior
+
 __all__ = [
-    "MODEL_POSTERIORS",
     "POSTERIOR_EPS",
     "calibrate",
     "model_posterior_mean",
@@ -92,17 +93,15 @@ def posterior_mean(y_t: Tensor, y0: Tensor, prior: Tensor, alpha: Tensor, alpha_
     return theta1 / (theta0 + theta1).clamp_min(POSTERIOR_EPS)
 
 
-MODEL_POSTERIORS = ("mixture", "plugin")
-"""How the model's ``p(y_{t-1} | y_t)`` is formed from ``y0_hat``: ``"mixture"`` averages the exact
-posteriors of y0 = 1 and y0 = 0 with weights ``y0_hat`` and ``1 - y0_hat`` (the Bayes posterior when
-``y0_hat = P(y0 = 1 | y_t)``); ``"plugin"`` puts the continuous ``y0_hat`` into Eq. 7 (the paper's
-Eq. 10), which counts the evidence of ``y_t`` twice and pulls the prior-only chain toward 0.5."""
-
-
 def model_posterior_mean(
-    y_t: Tensor, y0_hat: Tensor, prior: Tensor, alpha: Tensor, alpha_bar_prev: Tensor, form: str = "mixture"
+    y_t: Tensor,
+    y0_hat: Tensor,
+    prior: Tensor,
+    alpha: Tensor,
+    alpha_bar_prev: Tensor,
+    form: ModelPosterior | str = ModelPosterior.MIXTURE,
 ) -> Tensor:
-    """The model's ``P(y_{t-1} = 1 | y_t)`` from the calibrated estimate ``y0_hat`` (see :data:`MODEL_POSTERIORS`).
+    """The model's ``P(y_{t-1} = 1 | y_t)`` from the calibrated estimate ``y0_hat`` (see :class:`ModelPosterior`).
 
     Args:
         y_t: float ``(B, ...)`` in {0, 1}.
@@ -114,10 +113,8 @@ def model_posterior_mean(
     Returns:
         tensor of y_t's shape in [0, 1].
     """
-    if form == "plugin":
+    if ModelPosterior.parse(form, "form") is ModelPosterior.PLUGIN:
         return posterior_mean(y_t, y0_hat, prior, alpha, alpha_bar_prev)
-    if form != "mixture":
-        raise ValueError(f"form must be one of {MODEL_POSTERIORS}, got {form!r}")
     one = posterior_mean(y_t, torch.ones_like(y_t), prior, alpha, alpha_bar_prev)
     zero = posterior_mean(y_t, torch.zeros_like(y_t), prior, alpha, alpha_bar_prev)
     return torch.lerp(zero, one, y0_hat.to(zero.dtype))

@@ -11,7 +11,7 @@ between visits ``t -> s`` the state is redrawn with
 - ancestral: ``coef = (abar_t / abar_s, abar_s)``, the posterior of Eq. 7 for the jump t -> s
   (``(alpha_t, abar_{t-1})`` when no step is skipped), formed from ``y0_hat`` as the mixture of the
   exact posteriors of y0 = 1 and y0 = 0 (default) or by the paper's plug-in of ``y0_hat`` into Eq. 7
-  (``posterior="plugin"``; see :data:`hidiff.diffusion.process.MODEL_POSTERIORS`);
+  (``posterior="plugin"``; see :class:`~hidiff.diffusion.modes.ModelPosterior`);
 - DDIM: ``coef = (sigma, abar_s - sigma * abar_t)`` with ``sigma = (1 - abar_s) / (1 - abar_t)``.
 
 With an exact denoiser (one that knows y0) both keep the forward marginals
@@ -29,11 +29,11 @@ from torch import Tensor
 
 import hidiff_kernels
 
-from .process import MODEL_POSTERIORS, calibrate, model_posterior_mean
+from .modes import ModelPosterior, Sampler
+from .process import calibrate, model_posterior_mean
 from .schedules import BernoulliSchedule
 
 __all__ = [
-    "SAMPLERS",
     "DenoiseFn",
     "StepTrace",
     "draw_bernoulli",
@@ -45,8 +45,8 @@ __all__ = [
     "to_mask",
 ]
 
-SAMPLERS = ("ddim", "ancestral")
-_MODES = {"ddim": "ddim", "ancestral": "posterior"}
+#: The ``mode`` of ``hidiff_kernels.bernoulli_step`` that runs each sampler's step.
+_KERNEL_MODES = {Sampler.DDIM: "ddim", Sampler.ANCESTRAL: "posterior"}
 
 StepTrace = Callable[[int, Tensor, Tensor], None]
 """``trace(t, y_t, eps_hat)``: called by :func:`sample_chain` after each denoiser call with the
@@ -82,18 +82,17 @@ def respace(num_steps: int, steps: int | None = None) -> tuple[int, ...]:
     return tuple((2 * i * span + gaps) // (2 * gaps) for i in reversed(range(steps)))
 
 
-def step_coefficients(schedule: BernoulliSchedule, sampler: str, t: int, s: int) -> tuple[float, float]:
+def step_coefficients(schedule: BernoulliSchedule, sampler: Sampler | str, t: int, s: int) -> tuple[float, float]:
     """The ``coef`` pair of ``hidiff_kernels.bernoulli_step`` for the jump from timestep ``t`` to ``s < t``.
 
     ``s = -1`` means the clean state (``abar_{-1} = 1``). Computed in float64.
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    sampler = Sampler.parse(sampler, "sampler")
     if not -1 <= s < t < schedule.num_steps:
         raise ValueError(f"need -1 <= s < t < {schedule.num_steps}, got t={t}, s={s}")
     abar_t = float(schedule.alphas_cumprod[t])
     abar_s = float(schedule.alphas_cumprod[s]) if s >= 0 else 1.0
-    if sampler == "ancestral":
+    if sampler is Sampler.ANCESTRAL:
         # Product of the per-step alphas rather than abar_t / abar_s: exactly alpha_t when s = t - 1.
         return float(schedule.alphas[s + 1 : t + 1].prod()), abar_s
     sigma = (1 - abar_s) / (1 - abar_t)
@@ -116,8 +115,8 @@ def draw_bernoulli(mean: Tensor, seed: int, offset: int) -> Tensor:
     Returns:
         float32 tensor of mean's shape in {0, 1}.
     """
-    zeros = torch.zeros_like(mean)
-    return hidiff_kernels.bernoulli_step(zeros, mean, mean, _coef(0.0, 1.0, mean), "ddim", seed, offset)
+    zeros, coef = torch.zeros_like(mean), _coef(0.0, 1.0, mean)
+    return hidiff_kernels.bernoulli_step(zeros, mean, mean, coef, _KERNEL_MODES[Sampler.DDIM], seed, offset)
 
 
 def draw_prior(prior: Tensor, seed: int, offset: int) -> Tensor:
@@ -154,11 +153,11 @@ def sample_chain(
     prior: Tensor,
     schedule: BernoulliSchedule,
     timesteps: Sequence[int],
-    sampler: str = "ddim",
+    sampler: Sampler | str = Sampler.DDIM,
     seed: int = 0,
     offset: int = 0,
     trace: StepTrace | None = None,
-    posterior: str = "mixture",
+    posterior: ModelPosterior | str = ModelPosterior.MIXTURE,
 ) -> tuple[Tensor, int]:
     """One reverse run over ``timesteps`` (descending original timesteps, see :func:`respace`).
 
@@ -176,15 +175,13 @@ def sample_chain(
     Returns:
         ``(y0_hat, offset)``: float32 ``(B, K, H, W)`` in [0, 1] and the counter offset after the last draw.
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    sampler = Sampler.parse(sampler, "sampler")
+    posterior = ModelPosterior.parse(posterior, "posterior")
     timesteps = [int(t) for t in timesteps]
     if not timesteps or any(s >= t for t, s in zip(timesteps, timesteps[1:], strict=False)):
         raise ValueError(f"timesteps must be a non-empty strictly descending sequence, got {timesteps}")
     if timesteps[-1] < 0 or timesteps[0] >= schedule.num_steps:
         raise ValueError(f"timesteps must lie in 0..{schedule.num_steps - 1}, got {timesteps}")
-    if posterior not in MODEL_POSTERIORS:
-        raise ValueError(f"posterior must be one of {MODEL_POSTERIORS}, got {posterior!r}")
     _check_seed(seed)
     prior = _check_prior(prior)
     with torch.no_grad():
@@ -195,11 +192,11 @@ def sample_chain(
             if trace is not None:
                 trace(t, y, eps_hat)
             coef = _coef(*step_coefficients(schedule, sampler, t, s), y)
-            if sampler == "ancestral" and posterior == "mixture":
+            if sampler is Sampler.ANCESTRAL and posterior is ModelPosterior.MIXTURE:
                 mean = model_posterior_mean(y, calibrate(y, eps_hat), prior, coef[:, 0], coef[:, 1])
                 y = draw_bernoulli(mean.contiguous(), seed, offset)
             else:
-                y = hidiff_kernels.bernoulli_step(y, eps_hat, prior, coef, _MODES[sampler], seed, offset)
+                y = hidiff_kernels.bernoulli_step(y, eps_hat, prior, coef, _KERNEL_MODES[sampler], seed, offset)
             offset += y.numel()
         eps_hat = _denoise(denoise_fn, y, timesteps[-1])
         if trace is not None:
@@ -212,10 +209,10 @@ def sample(
     prior: Tensor,
     schedule: BernoulliSchedule,
     steps: int | None = None,
-    sampler: str = "ddim",
+    sampler: Sampler | str = Sampler.DDIM,
     samples: int = 1,
     seed: int = 0,
-    posterior: str = "mixture",
+    posterior: ModelPosterior | str = ModelPosterior.MIXTURE,
 ) -> Tensor:
     """Mean ``y0_hat`` of an ensemble of ``samples`` reverse runs.
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 
 import hidiff_kernels
 
@@ -40,3 +43,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def train_tiny_run():
+    """``train_tiny_run(root, config, *options)`` trains ``config`` (a tiny TrainingConfig dict) through
+    ``hidiff train`` into ``root / "out"`` and returns that folder."""
+    from hidiff import cli
+
+    def train(root: Path, config: dict, *options: str) -> Path:
+        path = root / "tiny.yaml"
+        path.write_text(yaml.safe_dump(dict(config, output_dir=str(root / "out"))))
+        assert cli.main(["train", "--config", str(path), "--device", "cpu", *options]) == 0
+        return root / "out"
+
+    return train

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 
 from hidiff import cli
@@ -97,13 +96,8 @@ def test_frozen_argument_is_checked():
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fast_path")
-    config = dict(TINY_CONFIG, output_dir=str(root / "out"))
-    path = root / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
-    assert cli.main(["train", "--config", str(path), "--device", "cpu"]) == 0
-    return root / "out" / "latest.pt"
+def checkpoint(tmp_path_factory, train_tiny_run):
+    return train_tiny_run(tmp_path_factory.mktemp("fast_path"), TINY_CONFIG) / "latest.pt"
 
 
 @pytest.mark.parametrize("layer_by_layer", [False, True])

@@ -9,7 +9,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 
 from hidiff import cli
@@ -30,14 +29,9 @@ TINY_CONFIG = {
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
+def trained_run(tmp_path_factory, train_tiny_run):
     """A tiny run trained through the CLI; returns its output directory."""
-    root = tmp_path_factory.mktemp("run")
-    config = dict(TINY_CONFIG, output_dir=str(root / "out"))
-    path = root / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
-    assert cli.main(["train", "--config", str(path), "--set", "optim.lr=1e-3", "--device", "cpu"]) == 0
-    return root / "out"
+    return train_tiny_run(tmp_path_factory.mktemp("run"), TINY_CONFIG, "--set", "optim.lr=1e-3")
 
 
 def _tiny_model(num_classes: int = 1) -> HiDiff:

@@ -216,11 +216,11 @@ at::Tensor bernoulli_step_cpu(const at::Tensor& y_t, const at::Tensor& eps_hat, 
   const int64_t N = y_t.size(0);
   TORCH_CHECK_VALUE(coef.dim() == 2 && coef.size(0) == N && coef.size(1) == 2, "coef must have shape (N, 2) = (", N,
                     ", 2), got ", coef.sizes());
-  core::BernoulliMode kernel_mode;
+  common::BernoulliMode kernel_mode;
   if (mode == "posterior") {
-    kernel_mode = core::BernoulliMode::Posterior;
+    kernel_mode = common::BernoulliMode::Posterior;
   } else if (mode == "ddim") {
-    kernel_mode = core::BernoulliMode::Ddim;
+    kernel_mode = common::BernoulliMode::Ddim;
   } else {
     TORCH_CHECK_VALUE(false, "mode must be one of ('posterior', 'ddim'), got '", std::string(mode), "'");
   }

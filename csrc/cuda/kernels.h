@@ -3,15 +3,16 @@
 // Every launcher only enqueues work on `stream` and returns; launch errors are left for the
 // caller to read with cudaGetLastError() (the ATen glue uses C10_CUDA_KERNEL_LAUNCH_CHECK). All
 // tensors are contiguous in the stated layout; sizes are validated by the caller. The bit layout
-// and the arithmetic are those of hidiff_kernels/reference.py (see conv_geometry.h, philox.h).
+// and the arithmetic are those of every backend and of hidiff_kernels/reference.py (csrc/common,
+// conv_geometry.h).
 #pragma once
 
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
 
+#include "../common/bernoulli_mean.h"
 #include "conv_geometry.h"
-#include "philox.h"
 
 namespace hidiff::cuda {
 
@@ -41,7 +42,7 @@ void launch_time_activation(const double* u, const double* gamma, const double* 
 // Fused Bernoulli step on (N, inner) float32 elements with coef (N, 2):
 //   out[i] = counter_uniform(seed, offset + i) < bernoulli_mean(...) ? 1 : 0
 void launch_bernoulli_step(const float* y_t, const float* eps_hat, const float* prior, const float* coef, int64_t N,
-                           int64_t inner, BernoulliMode mode, uint64_t seed, uint64_t offset, float* out,
+                           int64_t inner, common::BernoulliMode mode, uint64_t seed, uint64_t offset, float* out,
                            cudaStream_t stream);
 
 }  // namespace hidiff::cuda

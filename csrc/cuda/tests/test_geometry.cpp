@@ -1,25 +1,20 @@
-// Host-side tests of the index math and arithmetic the CUDA kernels share with the host
-// (csrc/cuda/*.h), compiled with the plain C++ compiler: no GPU and no CUDA toolkit needed.
+// Host-side tests of the index math the CUDA kernels share with the host (csrc/cuda/*.h, and the
+// csrc/common headers they use), compiled with the plain C++ compiler: no GPU and no CUDA toolkit
+// needed. Philox, the Bernoulli mean and TA of csrc/common are tested by the csrc/core tests.
 //
 // - tap ranges, channel masks and the reduction index against brute force;
 // - the binary_conv2d algorithm (implicit-GEMM gather, popc(a), the tap-popcount summed-area
 //   table, the count formula, the fused epilogue and its packing), run on the host with the
 //   kernel's own helpers, against a naive +-1 convolution, with garbage in the pad bits;
 // - the register mapping of the m16n8k256 fragments, fed to an emulation of the instruction
-//   written from the PTX ISA's element formulas;
-// - Philox, the Bernoulli mean and TA against csrc/core, bit for bit.
-#include <cmath>
+//   written from the PTX ISA's element formulas.
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
-#include <limits>
 #include <random>
 #include <vector>
 
-#include "core/bernoulli.h"
-#include "core/time_activation.h"
 #include "cuda/conv_geometry.h"
-#include "cuda/philox.h"
 
 namespace cu = hidiff::cuda;
 
@@ -219,51 +214,6 @@ void test_mma_fragments(std::mt19937& rng) {
     for (int v : row) EXPECT(v == 1, "accumulator mapping is not a bijection");
 }
 
-void test_philox_and_mean(std::mt19937& rng) {
-  std::uniform_real_distribution<float> unit(0.0f, 1.0f), wide(-0.5f, 1.5f);
-  const float specials[] = {0.0f, 1.0f, -0.0f, std::numeric_limits<float>::quiet_NaN(),
-                            std::numeric_limits<float>::infinity(), 1e-30f};
-  for (int i = 0; i < 200000; ++i) {
-    const uint64_t seed = (static_cast<uint64_t>(rng()) << 32) | rng();
-    const uint64_t index = (static_cast<uint64_t>(rng()) << 32) | rng();
-    const hidiff::core::PhiloxCounter r = hidiff::core::philox4x32_10(
-        {static_cast<uint32_t>(index), static_cast<uint32_t>(index >> 32), 0u, 0u},
-        {static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32)});
-    EXPECT(cu::philox_first_word(static_cast<uint32_t>(index), static_cast<uint32_t>(index >> 32),
-                                 static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32)) == r[0],
-           "philox word %d", i);
-    EXPECT(bits_of(cu::counter_uniform(seed, index)) == bits_of(hidiff::core::counter_uniform(seed, index)),
-           "uniform %d", i);
-    float y = static_cast<float>(rng() % 2), e = unit(rng), p = unit(rng), a = unit(rng), b = wide(rng);
-    if (i % 7 == 0) e = specials[rng() % 6];
-    if (i % 11 == 0) p = specials[rng() % 6];
-    for (int mode = 0; mode < 2; ++mode) {
-      const float ours = cu::bernoulli_mean(y, e, p, a, b, static_cast<cu::BernoulliMode>(mode));
-      const float core = hidiff::core::bernoulli_mean(y, e, p, a, b, static_cast<hidiff::core::BernoulliMode>(mode));
-      EXPECT(bits_of(ours) == bits_of(core) || (std::isnan(ours) && std::isnan(core)), "mean %d mode %d", i, mode);
-    }
-  }
-  // Known answer of Random123's Philox4x32-10 (counter and key all ones).
-  EXPECT(cu::philox_first_word(0xFFFFFFFFu, 0xFFFFFFFFu, 0xFFFFFFFFu, 0xFFFFFFFFu) ==
-             hidiff::core::philox4x32_10({0xFFFFFFFFu, 0xFFFFFFFFu, 0u, 0u}, {0xFFFFFFFFu, 0xFFFFFFFFu})[0],
-         "all-ones counter");
-}
-
-template <typename T>
-void test_time_activation(std::mt19937& rng) {
-  std::normal_distribution<double> dist;
-  const int64_t C = 5, inner = 37;
-  std::vector<T> u(2 * C * inner), g(2 * C), z(2 * C), b(C), expected(u.size());
-  for (auto* v : {&u, &g, &z, &b})
-    for (auto& e : *v) e = static_cast<T>(dist(rng));
-  hidiff::core::time_activation_rows<T>(u.data(), g.data(), z.data(), b.data(), expected.data(), C, inner, 0, 2 * C);
-  for (int64_t i = 0; i < static_cast<int64_t>(u.size()); ++i) {
-    const int64_t row = i / inner;
-    const T ours = cu::time_activation(u[i], g[row], z[row], b[row % C]);
-    EXPECT(std::memcmp(&ours, &expected[i], sizeof(T)) == 0, "TA element %ld", (long)i);
-  }
-}
-
 }  // namespace
 
 int main() {
@@ -272,9 +222,6 @@ int main() {
   test_channel_mask_and_reduction_index();
   for (const cu::ConvGeometry& g : kShapes) test_conv_algorithm(g, rng);
   for (int i = 0; i < 20; ++i) test_mma_fragments(rng);
-  test_philox_and_mean(rng);
-  test_time_activation<float>(rng);
-  test_time_activation<double>(rng);
   if (failures) {
     std::printf("%d failed\n", failures);
     return 1;

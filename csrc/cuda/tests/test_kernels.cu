@@ -18,6 +18,7 @@
 #include "core/time_activation.h"
 #include "cuda/kernels.h"
 
+namespace cm = hidiff::common;
 namespace cu = hidiff::cuda;
 
 namespace {
@@ -240,12 +241,11 @@ void test_bernoulli_step(std::mt19937& rng) {
   DeviceBuffer<float> dy(y), de(e), dp(p), dc(coef), dout(std::vector<float>(y.size()));
   const uint64_t cases[][2] = {{0, 0}, {123, 17}, {(1ull << 40) + 3, (1ull << 33) - 5}, {~2ull, (1ull << 32) - 100}};
   for (const auto& [seed, offset] : cases)
-    for (const auto mode : {hidiff::core::BernoulliMode::Posterior, hidiff::core::BernoulliMode::Ddim}) {
+    for (const auto mode : {cm::BernoulliMode::Posterior, cm::BernoulliMode::Ddim}) {
       std::vector<float> expected(y.size());
       hidiff::core::bernoulli_step(y.data(), e.data(), p.data(), coef.data(), inner, mode, seed, offset,
                                    expected.data(), 0, N * inner);
-      cu::launch_bernoulli_step(dy.get(), de.get(), dp.get(), dc.get(), N, inner,
-                                static_cast<cu::BernoulliMode>(static_cast<int>(mode)), seed, offset, dout.get(),
+      cu::launch_bernoulli_step(dy.get(), de.get(), dp.get(), dc.get(), N, inner, mode, seed, offset, dout.get(),
                                 nullptr);
       check_cuda(cudaGetLastError(), "launch_bernoulli_step");
       EXPECT(dout.download() == expected, "bernoulli_step seed=%llu offset=%llu mode=%d", (unsigned long long)seed,

@@ -11,6 +11,7 @@
 #include <tuple>
 #include <vector>
 
+#include "../common/packed_bits.h"
 #include "../core/bernoulli.h"
 #include "../core/binary_conv.h"
 #include "../core/bitpack.h"
@@ -22,7 +23,7 @@
 namespace hidiff {
 namespace {
 
-using core::packed_words;
+using common::packed_words;
 
 const uint32_t* words_of(const at::Tensor& t) { return reinterpret_cast<const uint32_t*>(t.data_ptr<int32_t>()); }
 
@@ -90,20 +91,6 @@ core::ConvShape conv_shape(const at::Tensor& x_packed, const at::Tensor& w_packe
   return glue::check_conv_args(x_packed, w_packed, in_channels, stride, padding, dilation);
 }
 
-// The epilogue pointers of the checked tensors (which must stay alive during the call).
-core::ConvEpilogue epilogue_of(const glue::EpilogueTensors& e) {
-  core::ConvEpilogue epilogue;
-  epilogue.scale = glue::data_or_null(e.scale);
-  epilogue.bias = glue::data_or_null(e.bias);
-  epilogue.residual = glue::data_or_null(e.residual);
-  epilogue.gamma = glue::data_or_null(e.gamma);
-  epilogue.zeta = glue::data_or_null(e.zeta);
-  epilogue.beta = glue::data_or_null(e.beta);
-  epilogue.threshold = glue::data_or_null(e.threshold);
-  epilogue.threshold_stride = e.threshold_stride;
-  return epilogue;
-}
-
 // Runs the convolution into out (N, O, Ho, Wo) float32: plan, input planes, then the tiles.
 void run_conv(const core::ConvShape& s, const at::Tensor& x_packed, const at::Tensor& w_packed,
               const core::ConvEpilogue& epilogue, at::Tensor& out) {
@@ -137,7 +124,7 @@ at::Tensor binary_conv2d_cpu(const at::Tensor& x_packed, const at::Tensor& w_pac
   const glue::EpilogueTensors e = glue::check_epilogue_args(s, x_packed, scale, bias, std::nullopt, std::nullopt,
                                                             std::nullopt, std::nullopt, std::nullopt, false);
   at::Tensor out = OutputCache::instance().empty_float({s.N, s.O, s.out_h(), s.out_w()});
-  run_conv(s, x_packed, w_packed, epilogue_of(e), out);
+  run_conv(s, x_packed, w_packed, glue::epilogue_of(e, nullptr), out);
   return out;
 }
 
@@ -154,9 +141,8 @@ std::tuple<at::Tensor, at::Tensor> binary_conv2d_fused_cpu(
   at::Tensor out = OutputCache::instance().empty_float({s.N, s.O, Ho, Wo});
   at::Tensor packed = pack ? at::empty({s.N, Ho, Wo, packed_words(s.O)}, x_packed.options())
                            : at::empty({0}, x_packed.options());
-  core::ConvEpilogue epilogue = epilogue_of(e);
-  if (pack) epilogue.packed = reinterpret_cast<uint32_t*>(packed.data_ptr<int32_t>());
-  run_conv(s, x_packed, w_packed, epilogue, out);
+  uint32_t* packed_ptr = pack ? reinterpret_cast<uint32_t*>(packed.data_ptr<int32_t>()) : nullptr;
+  run_conv(s, x_packed, w_packed, glue::epilogue_of(e, packed_ptr), out);
   return {out, packed};
 }
 

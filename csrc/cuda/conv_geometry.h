@@ -21,32 +21,21 @@
 #include <climits>
 #include <cstdint>
 
-#include "../common/rounded_math.h"
-#include "../common/time_activation.h"
+#include "../common/conv_epilogue.h"
+#include "../common/conv_shape.h"
+#include "../common/packed_bits.h"
 #include "device_math.h"
 
 namespace hidiff::cuda {
 
-struct ConvGeometry {
-  int64_t N;       // batch
-  int H, W, C;     // input height, width, logical channels
-  int O, KH, KW;   // output channels, kernel height, kernel width
-  int stride_h, stride_w, pad_h, pad_w, dil_h, dil_w;
+// 32-bit sizes keep the index math in 32-bit registers; the glue checks that every size fits.
+using ConvGeometry = common::ConvShape<int>;
 
-  HIDIFF_HOST_DEVICE HIDIFF_INLINE int words() const { return (C + 31) / 32; }
-  HIDIFF_HOST_DEVICE HIDIFF_INLINE int out_h() const { return (H + 2 * pad_h - dil_h * (KH - 1) - 1) / stride_h + 1; }
-  HIDIFF_HOST_DEVICE HIDIFF_INLINE int out_w() const { return (W + 2 * pad_w - dil_w * (KW - 1) - 1) / stride_w + 1; }
-  HIDIFF_HOST_DEVICE HIDIFF_INLINE int reduction_words() const { return KH * KW * words(); }
-  HIDIFF_HOST_DEVICE HIDIFF_INLINE int64_t pixels() const { return N * out_h() * out_w(); }
-  // int32 elements of the per-channel summed-area table of tap popcounts (the kernel's workspace).
-  HIDIFF_HOST_DEVICE HIDIFF_INLINE int sat_stride() const { return (KH + 1) * (KW + 1); }
-  HIDIFF_HOST_DEVICE HIDIFF_INLINE int64_t sat_elements() const { return static_cast<int64_t>(O) * sat_stride(); }
-};
-
-// Bits of word `word` that hold channels < C (all of them except in the last word).
-HIDIFF_HOST_DEVICE HIDIFF_INLINE uint32_t channel_mask(int word, int C) {
-  const int remaining = C - word * 32;
-  return remaining >= 32 ? 0xFFFFFFFFu : (remaining <= 0 ? 0u : (1u << remaining) - 1u);
+// int32 elements of one channel's summed-area table of tap popcounts, and of all of them (the
+// kernel's workspace).
+HIDIFF_HOST_DEVICE HIDIFF_INLINE int sat_stride(const ConvGeometry& g) { return (g.KH + 1) * (g.KW + 1); }
+HIDIFF_HOST_DEVICE HIDIFF_INLINE int64_t sat_elements(const ConvGeometry& g) {
+  return static_cast<int64_t>(g.O) * sat_stride(g);
 }
 
 // Kernel taps [lo, hi) along one axis whose input coordinate origin + k * dilation lies in [0, size).
@@ -105,7 +94,7 @@ HIDIFF_HOST_DEVICE HIDIFF_INLINE ReductionIndex reduction_index(int k, const Con
   const int tap = k / words;
   const int word = k - tap * words;
   const int kh = tap / g.KW;
-  return {kh, tap - kh * g.KW, word, channel_mask(word, g.C)};
+  return {kh, tap - kh * g.KW, word, common::channel_mask(word, g.C)};
 }
 
 // Element (row, k) of the implicit im2col matrix: a masked activation word, 0 outside the image.
@@ -136,7 +125,7 @@ HIDIFF_HOST_DEVICE HIDIFF_INLINE void build_tap_sat(const uint32_t* w, const Con
     for (int kw = 0; kw < g.KW; ++kw) {
       int ones = 0;
       for (int j = 0; j < words; ++j) {
-        ones += popcount32(wo[(kh * g.KW + kw) * words + j] & channel_mask(j, g.C));
+        ones += popcount32(wo[(kh * g.KW + kw) * words + j] & common::channel_mask(j, g.C));
       }
       sat[(kh + 1) * row + kw + 1] = ones + sat[kh * row + kw + 1] + sat[(kh + 1) * row + kw] - sat[kh * row + kw];
     }
@@ -157,40 +146,13 @@ HIDIFF_HOST_DEVICE HIDIFF_INLINE int32_t pm1_dot(int valid_taps, int C, int64_t 
   return static_cast<int32_t>(static_cast<int64_t>(valid_taps) * C - 2 * disagreements);
 }
 
-// The fused epilogue of binary_conv2d_fused; absent operands are null pointers.
-//   u = count * scale + bias (+ residual); out = TA(u) when gamma is given, else u;
-//   packed bit of out = !(out > threshold), threshold 0 when none is given.
-struct EpilogueParams {
-  const float* scale;      // (O,) or null
-  const float* bias;       // (O,) or null
-  const float* residual;   // (N, O, Ho, Wo) or null
-  const float* gamma;      // (N, O) or null; zeta and beta are given with it
-  const float* zeta;       // (N, O)
-  const float* beta;       // (O,)
-  const float* threshold;  // threshold[n * threshold_stride_n + o], or null
-  int64_t threshold_stride_n;
-  float* out;        // (N, O, Ho, Wo) float32
-  uint32_t* packed;  // (N, Ho, Wo, ceil(O / 32)), or null when not packing
-};
-
-// Output value of (n, o) at NCHW index out_index, in the reference's order of float32 operations.
-HIDIFF_HOST_DEVICE HIDIFF_INLINE float epilogue_value(int32_t count, const EpilogueParams& e, int64_t n, int o, int O,
-                                                      int64_t out_index) {
-  float u = static_cast<float>(count);
-  if (e.scale) u = common::mul_rn(u, e.scale[o]);
-  if (e.bias) u = common::add_rn(u, e.bias[o]);
-  if (e.residual) u = common::add_rn(u, e.residual[out_index]);
-  if (e.gamma) {
-    const int64_t no = n * O + o;
-    u = common::time_activation(u, e.gamma[no], e.zeta[no], e.beta[o]);
-  }
-  return u;
-}
-
-// Bit of the packed output: 1 (value -1) unless out > threshold; NaN gives 1.
-HIDIFF_HOST_DEVICE HIDIFF_INLINE bool packed_bit(float value, const EpilogueParams& e, int64_t n, int o) {
-  const float threshold = e.threshold ? e.threshold[n * e.threshold_stride_n + o] : 0.0f;
-  return !(value > threshold);
+// Output value of (n, o) at NCHW index out_index, with the epilogue of every backend
+// (csrc/common/conv_epilogue.h); the kernel reads the operands per element.
+HIDIFF_HOST_DEVICE HIDIFF_INLINE float output_value(int32_t count, const common::ConvEpilogue& e, int64_t n, int o,
+                                                    int O, int64_t out_index) {
+  const common::EpilogueSteps steps = common::epilogue_steps(e);
+  return common::epilogue_value(count, steps, common::channel_operands(e, steps, n, o, O),
+                                steps.residual ? e.residual[out_index] : 0.0f);
 }
 
 // Fragments of mma.m16n8k256 with .b1 operands (PTX ISA, "Matrix Fragments for mma.m16n8k256"),

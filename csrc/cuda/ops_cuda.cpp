@@ -16,6 +16,7 @@
 #include <string>
 #include <tuple>
 
+#include "../common/packed_bits.h"
 #include "../glue/conv_args.h"
 #include "../glue/float64_signs.h"
 #include "kernels.h"
@@ -26,7 +27,7 @@ namespace {
 // Grid dimension y holds output words (binarize_pack) and output channel tiles (binary_conv2d).
 constexpr int64_t kMaxGridY = 65535;
 
-int64_t packed_words(int64_t channels) { return (channels + 31) / 32; }
+using common::packed_words;
 
 cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 
@@ -124,7 +125,8 @@ std::tuple<at::Tensor, at::Tensor> binary_conv2d_fused_cuda(
     const std::optional<at::Tensor>& gamma, const std::optional<at::Tensor>& zeta,
     const std::optional<at::Tensor>& beta, const std::optional<at::Tensor>& threshold, bool pack) {
   check_cuda(x_packed, "x_packed");
-  const core::ConvShape s = glue::check_conv_args(x_packed, w_packed, in_channels, stride, padding, dilation);
+  const common::ConvShape<int64_t> s =
+      glue::check_conv_args(x_packed, w_packed, in_channels, stride, padding, dilation);
   for (int64_t size : {x_packed.size(1), x_packed.size(2), w_packed.size(0), stride[0], stride[1], padding[0],
                        padding[1], dilation[0], dilation[1]}) {
     check_fits_int(size, "every size, stride, padding and dilation");
@@ -161,20 +163,10 @@ std::tuple<at::Tensor, at::Tensor> binary_conv2d_fused_cuda(
   at::Tensor packed = pack ? at::empty({N, Ho, Wo, packed_words(O)}, x.options().dtype(at::kInt))
                            : at::empty({0}, x.options().dtype(at::kInt));
   if (out.numel() == 0) return {out, packed};
-  at::Tensor workspace = at::empty({g.sat_elements()}, x.options().dtype(at::kInt));
-
-  cuda::EpilogueParams e{};
-  e.scale = glue::data_or_null(epilogue.scale);
-  e.bias = glue::data_or_null(epilogue.bias);
-  e.residual = glue::data_or_null(epilogue.residual);
-  e.gamma = glue::data_or_null(epilogue.gamma);
-  e.zeta = glue::data_or_null(epilogue.zeta);
-  e.beta = glue::data_or_null(epilogue.beta);
-  e.threshold = glue::data_or_null(epilogue.threshold);
-  e.threshold_stride_n = epilogue.threshold_stride;
-  e.out = out.data_ptr<float>();
-  e.packed = pack ? words_of(packed) : nullptr;
-  cuda::launch_binary_conv2d(g, words_of(x), words_of(w), workspace.data_ptr<int32_t>(), e, current_stream());
+  at::Tensor workspace = at::empty({cuda::sat_elements(g)}, x.options().dtype(at::kInt));
+  const common::ConvEpilogue e = glue::epilogue_of(epilogue, pack ? words_of(packed) : nullptr);
+  cuda::launch_binary_conv2d(g, words_of(x), words_of(w), workspace.data_ptr<int32_t>(), e, out.data_ptr<float>(),
+                             current_stream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {out, packed};
 }

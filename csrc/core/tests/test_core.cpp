@@ -15,6 +15,7 @@
 #include "../time_activation.h"
 
 using namespace hidiff::core;
+using hidiff::common::packed_words;
 
 namespace {
 

@@ -14,8 +14,11 @@
 #include <random>
 #include <vector>
 
+#include "common/conv_epilogue.h"
+#include "common/packed_bits.h"
 #include "cuda/conv_geometry.h"
 
+namespace cm = hidiff::common;
 namespace cu = hidiff::cuda;
 
 namespace {
@@ -62,7 +65,7 @@ void test_channel_mask_and_reduction_index() {
   for (int C = 1; C <= 130; ++C) {
     const int words = (C + 31) / 32;
     int total = 0;
-    for (int j = 0; j < words + 1; ++j) total += __builtin_popcount(cu::channel_mask(j, C));
+    for (int j = 0; j < words + 1; ++j) total += __builtin_popcount(cm::channel_mask(j, C));
     EXPECT(total == C, "channel_mask C=%d covers %d channels", C, total);
   }
   const cu::ConvGeometry g{1, 5, 5, 70, 3, 3, 2, 1, 1, 0, 0, 1, 1};
@@ -74,7 +77,7 @@ void test_channel_mask_and_reduction_index() {
       continue;
     }
     EXPECT((r.kh * g.KW + r.kw) * words + r.word == k, "k=%d does not round-trip", k);
-    EXPECT(r.mask == cu::channel_mask(r.word, g.C), "k=%d mask", k);
+    EXPECT(r.mask == cm::channel_mask(r.word, g.C), "k=%d mask", k);
   }
 }
 
@@ -99,19 +102,19 @@ void test_conv_algorithm(const cu::ConvGeometry& g, std::mt19937& rng) {
     return (t[base + c / 32] >> (c % 32)) & 1u ? -1 : 1;
   };
 
-  std::vector<int32_t> sat(g.sat_elements());
+  std::vector<int32_t> sat(cu::sat_elements(g));
   for (int o = 0; o < g.O; ++o)
-    cu::build_tap_sat(w.data(), g, o, sat.data() + static_cast<int64_t>(o) * g.sat_stride());
+    cu::build_tap_sat(w.data(), g, o, sat.data() + static_cast<int64_t>(o) * cu::sat_stride(g));
 
   std::normal_distribution<float> dist;
   std::vector<float> scale(g.O), bias(g.O), beta(g.O), gamma(g.N * g.O), zeta(g.N * g.O), threshold(g.N * g.O);
-  std::vector<float> residual(g.N * g.O * Ho * Wo), out(residual.size());
+  std::vector<float> residual(g.N * g.O * Ho * Wo);
   for (auto* v : {&scale, &bias, &beta, &gamma, &zeta, &threshold, &residual})
     for (auto& e : *v) e = dist(rng);
-  const int out_words = (g.O + 31) / 32;
+  const int out_words = cm::packed_words(g.O);
   std::vector<uint32_t> packed(g.N * Ho * Wo * out_words, 0u);
-  cu::EpilogueParams e{scale.data(), bias.data(),      residual.data(), gamma.data(), zeta.data(),
-                       beta.data(),  threshold.data(), g.O,             out.data(),   packed.data()};
+  const cm::ConvEpilogue e{scale.data(), bias.data(), residual.data(), gamma.data(),
+                           zeta.data(),  beta.data(), threshold.data(), g.O};
 
   for (int64_t m = 0; m < g.pixels(); ++m) {
     const cu::GatherRow row = cu::gather_row(m, g);
@@ -128,7 +131,7 @@ void test_conv_algorithm(const cu::ConvGeometry& g, std::mt19937& rng) {
       int64_t popc_and = 0;
       for (int k = 0; k < ktot; ++k)
         popc_and += __builtin_popcount(a[k] & cu::gather_weight(w.data(), g, o, k, cu::reduction_index(k, g)));
-      const int64_t popc_w = cu::sat_rectangle(sat.data() + static_cast<int64_t>(o) * g.sat_stride(), g.KW, rh, rw);
+      const int64_t popc_w = cu::sat_rectangle(sat.data() + static_cast<int64_t>(o) * cu::sat_stride(g), g.KW, rh, rw);
       const int32_t count = cu::pm1_dot(rh.count() * rw.count(), g.C, popc_a, popc_w, popc_and);
 
       int32_t naive = 0;
@@ -144,15 +147,16 @@ void test_conv_algorithm(const cu::ConvGeometry& g, std::mt19937& rng) {
       EXPECT(count == naive, "count C=%d O=%d m=%ld o=%d: %d != %d", g.C, g.O, (long)m, o, count, naive);
 
       const int64_t out_index = (p.n * g.O + o) * Ho * Wo + p.rest;
-      const float value = cu::epilogue_value(count, e, p.n, o, g.O, out_index);
+      const float value = cu::output_value(count, e, p.n, o, g.O, out_index);
       float u = static_cast<float>(naive) * scale[o];
       u = u + bias[o];
       u = u + residual[out_index];
       const float gm = gamma[p.n * g.O + o], shifted = u - gm;
       const float expected = u > gm ? shifted + zeta[p.n * g.O + o] : beta[o] * shifted + zeta[p.n * g.O + o];
       EXPECT(bits_of(value) == bits_of(expected), "epilogue m=%ld o=%d", (long)m, o);
-      if (cu::packed_bit(value, e, p.n, o)) packed[m * out_words + o / 32] |= 1u << (o % 32);
-      EXPECT(cu::packed_bit(value, e, p.n, o) == !(expected > threshold[p.n * g.O + o]), "packed bit m=%ld", (long)m);
+      const bool bit = cm::packed_bit(value, cm::output_threshold(e, p.n, o));
+      if (bit) packed[m * out_words + o / 32] |= 1u << (o % 32);
+      EXPECT(bit == !(expected > threshold[p.n * g.O + o]), "packed bit m=%ld", (long)m);
     }
     EXPECT((packed[m * out_words + out_words - 1] >> 1 >> ((g.O - 1) % 32)) == 0u, "pad bits of the packed output");
   }

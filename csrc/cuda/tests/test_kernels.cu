@@ -76,7 +76,7 @@ uint32_t bits_of(float v) {
 void test_binarize_pack(std::mt19937& rng) {
   std::normal_distribution<float> dist;
   for (int C : {1, 3, 31, 33, 63, 65, 96, 193}) {
-    const int64_t N = 2, H = 3, W = 5, words = (C + 31) / 32;
+    const int64_t N = 2, H = 3, W = 5, words = cm::packed_words<int64_t>(C);
     std::vector<float> nchw(N * C * H * W), thr(N * C);
     for (auto& v : nchw) v = dist(rng);
     for (auto& v : thr) v = 0.3f * dist(rng);
@@ -139,7 +139,9 @@ void test_binary_conv2d(const cu::ConvGeometry& g, std::mt19937& rng, bool full_
   const int64_t plane = static_cast<int64_t>(Ho) * Wo;
   std::vector<uint32_t> x(g.N * g.H * g.W * words), w(static_cast<size_t>(g.O) * ktot);
   const auto random_packed = [&](std::vector<uint32_t>& t) {
-    for (size_t i = 0; i < t.size(); ++i) t[i] = static_cast<uint32_t>(rng()) & cu::channel_mask(i % words, g.C);
+    for (size_t i = 0; i < t.size(); ++i) {
+      t[i] = static_cast<uint32_t>(rng()) & cm::channel_mask(static_cast<int>(i % words), g.C);
+    }
   };
   random_packed(x);
   random_packed(w);
@@ -150,7 +152,7 @@ void test_binary_conv2d(const cu::ConvGeometry& g, std::mt19937& rng, bool full_
     for (auto& e : *v) e = dist(rng);
 
   // Host: naive +-1 convolution and the epilogue in the reference's order.
-  const int out_words = (g.O + 31) / 32;
+  const int out_words = cm::packed_words(g.O);
   std::vector<float> expected(g.N * g.O * plane);
   std::vector<uint32_t> expected_packed(g.N * plane * out_words, 0u);
   const auto sign = [](const std::vector<uint32_t>& t, int64_t base, int c) {
@@ -187,15 +189,13 @@ void test_binary_conv2d(const cu::ConvGeometry& g, std::mt19937& rng, bool full_
   DeviceBuffer<float> d_scale(scale), d_bias(bias), d_res(residual), d_gamma(gamma), d_zeta(zeta), d_beta(beta),
       d_thr(thr), d_out(std::vector<float>(expected.size(), std::nanf("")));
   DeviceBuffer<uint32_t> d_packed(std::vector<uint32_t>(expected_packed.size(), 0xDEADBEEFu));
-  DeviceBuffer<int32_t> workspace(std::vector<int32_t>(g.sat_elements()));
-  cu::EpilogueParams e{};
+  DeviceBuffer<int32_t> workspace(std::vector<int32_t>(cu::sat_elements(g)));
+  cm::ConvEpilogue e{};
   if (full_epilogue) {
-    e = {d_scale.get(), d_bias.get(), d_res.get(), d_gamma.get(), d_zeta.get(), d_beta.get(), d_thr.get(), g.O,
-         nullptr,       nullptr};
+    e = {d_scale.get(), d_bias.get(), d_res.get(), d_gamma.get(), d_zeta.get(), d_beta.get(), d_thr.get(), g.O};
   }
-  e.out = d_out.get();
   e.packed = d_packed.get();
-  cu::launch_binary_conv2d(g, d_x.get(), d_w.get(), workspace.get(), e, nullptr);
+  cu::launch_binary_conv2d(g, d_x.get(), d_w.get(), workspace.get(), e, d_out.get(), nullptr);
   check_cuda(cudaGetLastError(), "launch_binary_conv2d");
   const std::vector<float> out = d_out.download();
   const std::vector<uint32_t> packed = d_packed.download();

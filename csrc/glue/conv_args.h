@@ -1,7 +1,7 @@
 // Argument checks of the binary convolution ops, shared by the CPU and the CUDA glue (ATen only).
 //
-// The caller checks that x_packed is on its backend's device; every other tensor must be on the
-// device of x_packed. Messages name the argument and what was expected, the same on every backend.
+// x_packed must be on the backend's device and every other tensor on the device of x_packed.
+// Messages name the argument and what was expected, the same on every backend.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -12,26 +12,24 @@
 #include "../common/conv_epilogue.h"
 #include "../common/conv_shape.h"
 #include "../common/packed_bits.h"
+#include "devices.h"
 
 namespace hidiff::glue {
-
-inline void check_same_device(const at::Tensor& t, const char* name, const at::Tensor& like) {
-  TORCH_CHECK_VALUE(t.device() == like.device(), name, " must be on the device of x_packed (", like.device(),
-                    "), got ", t.device());
-}
 
 inline void check_packed_operand(const at::Tensor& t, const char* name, const char* layout) {
   TORCH_CHECK_TYPE(t.scalar_type() == at::kInt, name, " must be int32 packed bits, got ", t.scalar_type());
   TORCH_CHECK_VALUE(t.dim() == 4, name, " must be 4-D ", layout, ", got shape ", t.sizes());
 }
 
-// Checks the packed operands and the geometry; returns the shape of the call.
+// Checks the packed operands (x_packed on `backend`) and the geometry; returns the shape of the call.
 inline common::ConvShape<int64_t> check_conv_args(const at::Tensor& x_packed, const at::Tensor& w_packed,
                                                   int64_t in_channels, at::IntArrayRef stride,
-                                                  at::IntArrayRef padding, at::IntArrayRef dilation) {
+                                                  at::IntArrayRef padding, at::IntArrayRef dilation,
+                                                  at::DeviceType backend) {
+  check_backend(x_packed, "x_packed", backend);
   check_packed_operand(x_packed, "x_packed", "(N, H, W, words)");
   check_packed_operand(w_packed, "w_packed", "(O, KH, KW, words)");
-  check_same_device(w_packed, "w_packed", x_packed);
+  check_same_device(w_packed, "w_packed", x_packed, "x_packed");
   TORCH_CHECK_VALUE(in_channels > 0, "in_channels must be positive, got ", in_channels);
   const int64_t words = common::packed_words(in_channels);
   TORCH_CHECK_VALUE(x_packed.size(3) == words, "x_packed has ", x_packed.size(3), " words per pixel but in_channels=",
@@ -72,7 +70,7 @@ struct EpilogueTensors {
 inline std::optional<at::Tensor> affine_operand(const std::optional<at::Tensor>& t, const char* name, int64_t O,
                                                 const at::Tensor& like) {
   if (!t.has_value()) return std::nullopt;
-  check_same_device(*t, name, like);
+  check_same_device(*t, name, like, "x_packed");
   TORCH_CHECK_TYPE(at::isFloatingType(t->scalar_type()), name, " must be a floating tensor, got ", t->scalar_type());
   TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == O, name, " must have shape (O,) = (", O, ",), got ", t->sizes());
   return t->to(at::kFloat).contiguous();
@@ -80,7 +78,7 @@ inline std::optional<at::Tensor> affine_operand(const std::optional<at::Tensor>&
 
 inline at::Tensor float32_operand(const at::Tensor& t, const char* name, at::IntArrayRef shape, const char* layout,
                                   const at::Tensor& like) {
-  check_same_device(t, name, like);
+  check_same_device(t, name, like, "x_packed");
   TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat, name, " must be float32, got ", t.scalar_type());
   TORCH_CHECK_VALUE(t.sizes() == shape, name, " must have shape ", layout, " = ", shape, ", got ", t.sizes());
   return t.contiguous();
@@ -111,7 +109,7 @@ inline EpilogueTensors check_epilogue_args(const common::ConvShape<int64_t>& s, 
   }
   if (threshold) {
     TORCH_CHECK_VALUE(pack, "threshold is only used with pack=True (it binarises the output for the next layer)");
-    check_same_device(*threshold, "threshold", x_packed);
+    check_same_device(*threshold, "threshold", x_packed, "x_packed");
     TORCH_CHECK_TYPE(threshold->scalar_type() == at::kFloat, "threshold must be float32, got ",
                      threshold->scalar_type());
     const bool per_channel = threshold->dim() == 1 && threshold->size(0) == s.O;

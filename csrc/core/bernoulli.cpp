@@ -1,8 +1,9 @@
 // Bernoulli step kernels: portable C++, and AVX2 (8 lanes) / AVX-512 (16 lanes) versions of the
 // same arithmetic. The vector paths evaluate Philox with 32x32->64-bit multiplies of the even and
-// odd lanes, and the mean with the float operations of bernoulli_mean() in the same order; the
-// clamps keep the constant as the first operand of min/max, which returns the second operand when
-// either is NaN, so a NaN mean propagates and draws 0 exactly as in the scalar code.
+// odd lanes, and the mean with the float operations of common::bernoulli_mean() in the same order
+// (the build uses -ffp-contract=off, so no multiply-add is fused); the clamps keep the constant as
+// the first operand of min/max, which returns the second operand when either is NaN, so a NaN mean
+// propagates and draws 0 exactly as in the scalar code.
 #include "bernoulli.h"
 
 #include <algorithm>
@@ -19,13 +20,19 @@
 namespace hidiff::core {
 namespace {
 
+using common::BernoulliMode;
+using common::kPhiloxM0;
+using common::kPhiloxM1;
+using common::kPhiloxRounds;
+using common::kPosteriorEps;
+
 // Philox round keys: key[r] = (lo32(seed) + r * W0, hi32(seed) + r * W1) modulo 2^32.
 struct RoundKeys {
   uint32_t k0[kPhiloxRounds];
   uint32_t k1[kPhiloxRounds];
   explicit RoundKeys(uint64_t seed) {
     uint32_t a = static_cast<uint32_t>(seed), b = static_cast<uint32_t>(seed >> 32);
-    for (int r = 0; r < kPhiloxRounds; ++r, a += kPhiloxW0, b += kPhiloxW1) {
+    for (int r = 0; r < kPhiloxRounds; ++r, a += common::kPhiloxW0, b += common::kPhiloxW1) {
       k0[r] = a;
       k1[r] = b;
     }
@@ -47,8 +54,8 @@ void for_each_sample_segment(const float* coef, int64_t inner_size, int64_t begi
 void step_scalar(const float* y_t, const float* eps_hat, const float* prior, float a, float b, BernoulliMode mode,
                  uint64_t seed, uint64_t offset, float* out, int64_t first, int64_t last) {
   for (int64_t i = first; i < last; ++i) {
-    const float mean = bernoulli_mean(y_t[i], eps_hat[i], prior[i], a, b, mode);
-    out[i] = counter_uniform(seed, offset + static_cast<uint64_t>(i)) < mean ? 1.0f : 0.0f;
+    const uint64_t index = offset + static_cast<uint64_t>(i);
+    out[i] = common::bernoulli_sample(y_t[i], eps_hat[i], prior[i], a, b, mode, seed, index);
   }
 }
 

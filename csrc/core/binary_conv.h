@@ -3,8 +3,8 @@
 // Operands use the layout of bitpack.h: activations (N, H, W, words), weights (O, KH, KW, words),
 // words = ceil(C / 32). For every output the kernel counts the disagreeing bits D over the taps
 // inside the image and computes taps * C - 2 * D, which is exactly conv2d(sign(x), sign(w)) with
-// zero padding, then the epilogue: * scale + bias, + residual, TA (paper Eq. 16) and optionally
-// the next layer's binarisation and packing.
+// zero padding, then the epilogue of csrc/common/conv_epilogue.h: * scale + bias, + residual,
+// TA (paper Eq. 16) and optionally the next layer's binarisation and packing.
 //
 // How it runs: output pixels sit in the SIMD lanes. The packed input is first rearranged into
 // zero-padded word planes, one plane per (word, row phase, column phase) of the stride, whose rows
@@ -24,33 +24,18 @@
 #include <cstdint>
 #include <vector>
 
+// The per-ISA sources include this header before their target pragma, so the inline functions of
+// the shared headers are compiled for the baseline instruction set in every source (see
+// conv_driver.h for why that matters).
+#include "../common/conv_epilogue.h"
+#include "../common/conv_shape.h"
+#include "../common/packed_bits.h"
+
 namespace hidiff::core {
 
-struct ConvShape {
-  int64_t N, H, W, C;  // input batch, height, width, logical channels
-  int64_t O, KH, KW;   // output channels, kernel height, kernel width
-  int64_t stride_h, stride_w, pad_h, pad_w, dil_h, dil_w;
-
-  int64_t words() const { return (C + 31) / 32; }
-  int64_t out_h() const { return (H + 2 * pad_h - dil_h * (KH - 1) - 1) / stride_h + 1; }
-  int64_t out_w() const { return (W + 2 * pad_w - dil_w * (KW - 1) - 1) / stride_w + 1; }
-};
-
-// The epilogue; every pointer is optional (nullptr). All arithmetic is float32 in this order:
-//   u = count * scale[o] + bias[o] + residual[n, o, oh, ow]
-//   out = TA(u) = u > gamma ? (u - gamma) + zeta : beta * (u - gamma) + zeta   (when gamma is set)
-//   packed bit of (n, oh, ow, o) = !(out > threshold[n, o])                     (when packed is set)
-struct ConvEpilogue {
-  const float* scale = nullptr;      // (O,)
-  const float* bias = nullptr;       // (O,)
-  const float* residual = nullptr;   // (N, O, Ho, Wo)
-  const float* gamma = nullptr;      // (N, O); zeta and beta must be set with it
-  const float* zeta = nullptr;       // (N, O)
-  const float* beta = nullptr;       // (O,)
-  const float* threshold = nullptr;  // (O,) or (N, O), see threshold_stride; nullptr means 0
-  int64_t threshold_stride = 0;      // elements between samples of threshold: 0 (shared) or O
-  uint32_t* packed = nullptr;        // (N, Ho, Wo, ceil(O / 32)) output of the binarisation
-};
+// The CPU kernels index with 64-bit sizes throughout.
+using ConvShape = common::ConvShape<int64_t>;
+using common::ConvEpilogue;
 
 // Output channels of one tile (two packed words, so a tile packs whole words of its output).
 constexpr int64_t kChannelTile = 64;
@@ -84,12 +69,6 @@ struct ConvPlan {
   int64_t scratch_words() const { return s.N * planes_per_sample() * plane; }
   int64_t num_tiles() const { return s.N * (lanes / kLaneTile) * ((s.O + kChannelTile - 1) / kChannelTile); }
 };
-
-// Bits of the last packed word that hold channels < C (all 32 when C is a multiple of 32).
-inline uint32_t last_word_mask(int64_t C) {
-  const int64_t used = C % 32;
-  return used == 0 ? ~0u : (1u << used) - 1u;
-}
 
 // Builds the plan; w is the packed weight (O, KH, KW, words).
 ConvPlan make_conv_plan(const ConvShape& s, const uint32_t* w);

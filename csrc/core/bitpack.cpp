@@ -13,7 +13,7 @@ constexpr int64_t kPixelBlock = 256;
 
 void binarize_pack_nchw(const float* x, const float* threshold, int64_t threshold_stride_n, int64_t C,
                         int64_t H, int64_t W, uint32_t* out, int64_t row_begin, int64_t row_end) {
-  const int64_t words = packed_words(C);
+  const int64_t words = common::packed_words(C);
   uint32_t block[kPixelBlock];
   for (int64_t row = row_begin; row < row_end; ++row) {
     const int64_t n = row / H;
@@ -30,7 +30,7 @@ void binarize_pack_nchw(const float* x, const float* threshold, int64_t threshol
           const float* src = x + ((n * C + c) * H + h) * W + w0;
           const uint32_t shift = static_cast<uint32_t>(c - 32 * j);
           for (int64_t p = 0; p < pixels; ++p) {
-            block[p] |= static_cast<uint32_t>(!(src[p] > t)) << shift;
+            block[p] |= static_cast<uint32_t>(common::packed_bit(src[p], t)) << shift;
           }
         }
         for (int64_t p = 0; p < pixels; ++p) out_row[(w0 + p) * words + j] = block[p];
@@ -42,7 +42,7 @@ void binarize_pack_nchw(const float* x, const float* threshold, int64_t threshol
 void binarize_pack_nhwc(const float* x, const float* threshold, int64_t threshold_stride_n, int64_t C,
                         int64_t H, int64_t W, uint32_t* out, int64_t pixel_begin,
                         int64_t pixel_end) {
-  const int64_t words = packed_words(C);
+  const int64_t words = common::packed_words(C);
   for (int64_t pixel = pixel_begin; pixel < pixel_end; ++pixel) {
     const int64_t n = pixel / (H * W);
     const float* thr_n = threshold ? threshold + n * threshold_stride_n : nullptr;
@@ -53,7 +53,7 @@ void binarize_pack_nhwc(const float* x, const float* threshold, int64_t threshol
       uint32_t word = 0;
       for (int64_t c = 32 * j; c < c_end; ++c) {
         const float t = thr_n ? thr_n[c] : 0.0f;
-        word |= static_cast<uint32_t>(!(src[c] > t)) << static_cast<uint32_t>(c - 32 * j);
+        word |= static_cast<uint32_t>(common::packed_bit(src[c], t)) << static_cast<uint32_t>(c - 32 * j);
       }
       dst[j] = word;
     }

@@ -1,16 +1,13 @@
-// Fused binarisation (paper Eq. 15) and bit packing.
-//
-// Bit layout (shared by every backend): channel c of a pixel lives in word c / 32, bit c % 32;
-// bit 1 means -1 and bit 0 means +1; the unused high bits of the last word are 0.
-// Activations are packed channels-last: (N, H, W, words) with words = ceil(C / 32).
-// Rule: +1 if x > threshold else -1 (so x == threshold and NaN give -1).
+// Fused binarisation (paper Eq. 15) and bit packing, with the bit layout and the rule of every
+// backend (csrc/common/packed_bits.h). Activations are packed channels-last: (N, H, W, words) with
+// words = ceil(C / 32).
 #pragma once
 
 #include <cstdint>
 
-namespace hidiff::core {
+#include "../common/packed_bits.h"
 
-inline int64_t packed_words(int64_t channels) { return (channels + 31) / 32; }
+namespace hidiff::core {
 
 // Packs rows [row_begin, row_end) of an NCHW float tensor, a row being one (n, h) pair (row n * H + h;
 // the batch size only bounds the range).

@@ -5,6 +5,10 @@
 // function shared by name between an AVX-512 and a portable source could otherwise be merged by
 // the linker into one AVX-512 copy, which would crash the portable path on older CPUs.
 //
+// The shared headers used here (csrc/common) come in through binary_conv.h, which every per-ISA
+// source includes before its target pragma: their inline functions are thus baseline code in
+// every source, and inlining them into the ISA-specific loops is always allowed.
+//
 // A Kernel provides kLanes (lanes of one block, a divisor of kLaneTile), kChannels (Q) and
 //   template <int Q> static void run(const uint32_t* x, const int64_t* offsets, const uint32_t* w,
 //                                    int64_t steps, int32_t* D);
@@ -48,13 +52,19 @@ inline int32_t border_count(const ConvPlan& p, int32_t disagree, int64_t o, int6
   return static_cast<int32_t>(taps * s.C - 2 * (disagree - spurious));
 }
 
-// Which optional epilogue steps a call has, as template flags: the epilogue loop then has no
-// branches and vectorises.
+// Which optional epilogue steps a call has, as the bits of a template argument: the epilogue loop
+// then has no branches and vectorises.
 enum EpilogueStep : int { kScale = 1, kBias = 2, kResidual = 4, kActivation = 8, kAllSteps = 16 };
 
-inline int epilogue_steps(const ConvEpilogue& ep) {
-  return (ep.scale ? kScale : 0) | (ep.bias ? kBias : 0) | (ep.residual ? kResidual : 0) |
-         (ep.gamma ? kActivation : 0);
+inline int epilogue_step_bits(const ConvEpilogue& ep) {
+  const common::EpilogueSteps steps = common::epilogue_steps(ep);
+  return (steps.scale ? kScale : 0) | (steps.bias ? kBias : 0) | (steps.residual ? kResidual : 0) |
+         (steps.activation ? kActivation : 0);
+}
+
+// The steps of a template argument, as the compile-time constant that common::epilogue_value() folds.
+constexpr common::EpilogueSteps steps_of_bits(int bits) {
+  return {(bits & kScale) != 0, (bits & kBias) != 0, (bits & kResidual) != 0, (bits & kActivation) != 0};
 }
 
 // Outputs (n, o, oh, ow) for ow in [ow_begin, ow_end) from their disagreement counts D[ow - ow_begin],
@@ -77,27 +87,11 @@ inline void finish_row(const Tile& t, const int32_t* D, int64_t o, int64_t oh, i
 
   const int64_t row = ((t.n * p.s.O + o) * p.Ho + oh) * p.Wo + ow_begin;
   float* __restrict dst = t.out + row;
-  const float* __restrict res = (kSteps & kResidual) ? ep.residual + row : nullptr;
-  const float scale = (kSteps & kScale) ? ep.scale[o] : 1.f;
-  const float bias = (kSteps & kBias) ? ep.bias[o] : 0.f;
-  float g = 0.f, z = 0.f, b = 0.f;
-  if constexpr ((kSteps & kActivation) != 0) {
-    g = ep.gamma[t.n * p.s.O + o];
-    z = ep.zeta[t.n * p.s.O + o];
-    b = ep.beta[o];
-  }
+  constexpr common::EpilogueSteps steps = steps_of_bits(kSteps);
+  const float* __restrict res = steps.residual ? ep.residual + row : nullptr;
+  const common::ChannelOperands operands = common::channel_operands(ep, steps, t.n, o, p.s.O);
   for (int64_t i = 0; i < len; ++i) {
-    float v = static_cast<float>(count[i]);
-    if constexpr ((kSteps & kScale) != 0) v = v * scale;
-    if constexpr ((kSteps & kBias) != 0) v = v + bias;
-    if constexpr ((kSteps & kResidual) != 0) v = v + res[i];
-    if constexpr ((kSteps & kActivation) != 0) {
-      // (v > g ? 1 : b) * shifted + z is TA's two branches bit for bit (x * 1 is exact) and
-      // vectorises as one blend instead of two candidate results.
-      const float shifted = v - g;
-      v = (v > g ? 1.f : b) * shifted + z;
-    }
-    dst[i] = v;
+    dst[i] = common::epilogue_value(count[i], steps, operands, steps.residual ? res[i] : 0.f);
   }
 }
 
@@ -128,7 +122,7 @@ inline void for_each_run(const ConvPlan& p, int64_t m_begin, int64_t m_end, Fn&&
 inline void pack_outputs(const Tile& t, int64_t o_begin, int64_t o_end, int64_t m_begin, int64_t m_end) {
   const ConvPlan& p = *t.plan;
   const ConvEpilogue& ep = *t.ep;
-  const int64_t O = p.s.O, out_words = (O + 31) / 32;
+  const int64_t O = p.s.O, out_words = common::packed_words(O);
   uint32_t bits[kLaneTile];
   for_each_run(p, m_begin, m_end, [&](int64_t oh, int64_t ow_begin, int64_t ow_end, int64_t) {
     const int64_t len = ow_end - ow_begin;
@@ -136,9 +130,11 @@ inline void pack_outputs(const Tile& t, int64_t o_begin, int64_t o_end, int64_t 
       std::fill(bits, bits + len, 0u);
       for (int64_t o = j * 32; o < std::min(O, j * 32 + 32); ++o) {
         const float* row = t.out + ((t.n * O + o) * p.Ho + oh) * p.Wo + ow_begin;
-        const float thr = ep.threshold ? ep.threshold[t.n * ep.threshold_stride + o] : 0.f;
+        const float thr = common::output_threshold(ep, t.n, o);
         const int shift = static_cast<int>(o - j * 32);
-        for (int64_t i = 0; i < len; ++i) bits[i] |= static_cast<uint32_t>(!(row[i] > thr)) << shift;
+        for (int64_t i = 0; i < len; ++i) {
+          bits[i] |= static_cast<uint32_t>(common::packed_bit(row[i], thr)) << shift;
+        }
       }
       uint32_t* dst = ep.packed + ((t.n * p.Ho + oh) * p.Wo + ow_begin) * out_words + j;
       for (int64_t i = 0; i < len; ++i) dst[i * out_words] = bits[i];
@@ -209,7 +205,9 @@ template <class Kernel, int kSteps = 0>
 void conv_tiles(const ConvPlan& p, const uint32_t* planes, const uint32_t* w, const ConvEpilogue& ep, float* out,
                 int64_t tile_begin, int64_t tile_end) {
   if constexpr (kSteps < kAllSteps) {
-    if (epilogue_steps(ep) == kSteps) return conv_tiles_with<Kernel, kSteps>(p, planes, w, ep, out, tile_begin, tile_end);
+    if (epilogue_step_bits(ep) == kSteps) {
+      return conv_tiles_with<Kernel, kSteps>(p, planes, w, ep, out, tile_begin, tile_end);
+    }
     conv_tiles<Kernel, kSteps + 1>(p, planes, w, ep, out, tile_begin, tile_end);
   }
 }

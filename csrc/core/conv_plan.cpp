@@ -56,7 +56,7 @@ ConvPlan make_conv_plan(const ConvShape& s, const uint32_t* w) {
   p.lanes = (grid + kLaneTile - 1) / kLaneTile * kLaneTile;
   // The last tile reads up to lane (lanes - 1) + reach_h * Wq + reach_w.
   p.plane = p.lanes + reach_h * p.Wq + reach_w;
-  p.steps = s.KH * s.KW * p.words;
+  p.steps = s.reduction_words();
 
   p.step_offset.resize(p.steps);
   for (int64_t kh = 0; kh < s.KH; ++kh) {
@@ -99,7 +99,7 @@ ConvPlan make_conv_plan(const ConvShape& s, const uint32_t* w) {
   }
 
   const int64_t taps = s.O * s.KH * s.KW;
-  const uint32_t tail = last_word_mask(s.C);
+  const uint32_t tail = common::last_word_mask(s.C);
   bool stray = false;
   for (int64_t t = 0; t < taps && !stray; ++t) stray = (w[t * p.words + p.words - 1] & ~tail) != 0;
   if (stray) {
@@ -114,7 +114,7 @@ ConvPlan make_conv_plan(const ConvShape& s, const uint32_t* w) {
 
 void conv_prepare_input(const ConvPlan& p, const uint32_t* x, uint32_t* planes, int64_t row_begin, int64_t row_end) {
   const ConvShape& s = p.s;
-  const uint32_t tail = last_word_mask(s.C);
+  const uint32_t tail = common::last_word_mask(s.C);
   for (int64_t r = row_begin; r < row_end; ++r) {
     const int64_t n = r / s.H, ih = r % s.H;
     const int64_t iph = ih + s.pad_h, ph = iph % s.stride_h, qh = iph / s.stride_h;

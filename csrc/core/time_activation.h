@@ -1,10 +1,10 @@
-// Fused time-dependent activation TA (paper Eq. 16), an RPReLU whose shifts depend on t:
-//   TA(u) = u - gamma + zeta            if u > gamma
-//           beta * (u - gamma) + zeta   otherwise
-// with gamma, zeta per (sample, channel) and beta per channel.
+// Fused time-dependent activation TA (paper Eq. 16) over rows of a tensor; the formula is the one
+// of every backend (csrc/common/time_activation.h).
 #pragma once
 
 #include <cstdint>
+
+#include "../common/time_activation.h"
 
 namespace hidiff::core {
 
@@ -19,10 +19,7 @@ void time_activation_rows(const T* u, const T* gamma, const T* zeta, const T* be
     const T b = beta[row % C];
     const T* src = u + row * inner;
     T* dst = out + row * inner;
-    for (int64_t i = 0; i < inner; ++i) {
-      const T shifted = src[i] - g;
-      dst[i] = src[i] > g ? shifted + z : b * shifted + z;
-    }
+    for (int64_t i = 0; i < inner; ++i) dst[i] = common::time_activation(src[i], g, z, b);
   }
 }
 

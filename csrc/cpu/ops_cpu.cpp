@@ -1,59 +1,39 @@
-// ATen glue: argument checks, memory layout and threading around the torch-free kernels of
-// csrc/core, registered as the CPU kernels of the hidiff:: ops (schemas live in
-// hidiff_kernels/ops.py).
+// ATen glue: memory layout and threading around the torch-free kernels of csrc/core, registered as
+// the CPU kernels of the hidiff:: ops (schemas live in hidiff_kernels/ops.py). The argument checks
+// are those of csrc/glue, shared with the CUDA glue.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <optional>
-#include <string>
 #include <tuple>
 #include <vector>
 
+#include "../common/packed_bits.h"
 #include "../core/bernoulli.h"
 #include "../core/binary_conv.h"
 #include "../core/bitpack.h"
 #include "../core/time_activation.h"
+#include "../glue/bernoulli_args.h"
+#include "../glue/binarize_args.h"
 #include "../glue/conv_args.h"
 #include "../glue/float64_signs.h"
+#include "../glue/time_activation_args.h"
 #include "output_cache.h"
 
 namespace hidiff {
 namespace {
 
-using core::packed_words;
+using common::packed_words;
 
 const uint32_t* words_of(const at::Tensor& t) { return reinterpret_cast<const uint32_t*>(t.data_ptr<int32_t>()); }
 
-void check_cpu(const at::Tensor& t, const char* name) {
-  TORCH_CHECK_VALUE(t.device().is_cpu(), name, " must be a CPU tensor for this kernel, got device ", t.device());
-}
-
-// Returns the threshold as contiguous float32 and the stride between samples (0 if shared).
-std::pair<std::optional<at::Tensor>, int64_t> prepare_threshold(const std::optional<at::Tensor>& threshold,
-                                                                int64_t N, int64_t C) {
-  if (!threshold.has_value()) return {std::nullopt, 0};
-  const at::Tensor& t = *threshold;
-  check_cpu(t, "threshold");
-  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), "threshold must be a floating tensor, got ",
-                   t.scalar_type());
-  const bool per_channel = t.dim() == 1 && t.size(0) == C;
-  const bool per_sample = t.dim() == 2 && t.size(0) == N && t.size(1) == C;
-  TORCH_CHECK_VALUE(per_channel || per_sample, "threshold must have shape (C,) = (", C, ",) or (N, C) = (", N, ", ",
-                    C, "), got ", t.sizes());
-  return {t.to(at::kFloat).contiguous(), per_sample ? C : 0};
-}
-
 at::Tensor binarize_pack_cpu(const at::Tensor& x, const std::optional<at::Tensor>& threshold) {
-  check_cpu(x, "x");
-  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), "x must be a floating tensor, got ", x.scalar_type());
-  TORCH_CHECK_VALUE(x.dim() == 4, "x must be 4-D (N, C, H, W), got shape ", x.sizes());
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  TORCH_CHECK_VALUE(C > 0, "x must have at least one channel, got shape ", x.sizes());
-  auto [thr, thr_stride] = prepare_threshold(threshold, N, C);
+  const glue::BinarizeThreshold thr = glue::check_binarize_args(x, threshold, at::kCPU);
   if (x.scalar_type() == at::kDouble) return binarize_pack_cpu(glue::float64_signs(x, threshold), std::nullopt);
-  const float* thr_ptr = thr ? thr->data_ptr<float>() : nullptr;
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const float* thr_ptr = thr.data();
 
   at::Tensor out = at::empty({N, H, W, packed_words(C)}, x.options().dtype(at::kInt));
   uint32_t* dst = reinterpret_cast<uint32_t*>(out.data_ptr<int32_t>());
@@ -64,44 +44,20 @@ at::Tensor binarize_pack_cpu(const at::Tensor& x, const std::optional<at::Tensor
   const float* src = xf.data_ptr<float>();
   if (channels_last) {
     at::parallel_for(0, N * H * W, 1024, [&](int64_t begin, int64_t end) {
-      core::binarize_pack_nhwc(src, thr_ptr, thr_stride, C, H, W, dst, begin, end);
+      core::binarize_pack_nhwc(src, thr_ptr, thr.stride_n, C, H, W, dst, begin, end);
     });
   } else {
     at::parallel_for(0, N * H, 1, [&](int64_t begin, int64_t end) {
-      core::binarize_pack_nchw(src, thr_ptr, thr_stride, C, H, W, dst, begin, end);
+      core::binarize_pack_nchw(src, thr_ptr, thr.stride_n, C, H, W, dst, begin, end);
     });
   }
   return out;
 }
 
 at::Tensor pack_weight_cpu(const at::Tensor& w) {
-  check_cpu(w, "w");
-  TORCH_CHECK_TYPE(at::isFloatingType(w.scalar_type()), "w must be a floating tensor, got ", w.scalar_type());
-  TORCH_CHECK_VALUE(w.dim() == 4, "w must be 4-D (O, I, KH, KW), got shape ", w.sizes());
-  TORCH_CHECK_VALUE(w.size(1) > 0, "w must have at least one input channel, got shape ", w.sizes());
+  glue::check_pack_weight_args(w, at::kCPU);
   // (O, I, KH, KW) has the memory order of an NCHW batch, and (O, KH, KW, words) is its packing.
   return binarize_pack_cpu(w.contiguous(), std::nullopt);
-}
-
-// Checks the convolution arguments (x_packed on the CPU, the rest shared with the CUDA glue).
-core::ConvShape conv_shape(const at::Tensor& x_packed, const at::Tensor& w_packed, int64_t in_channels,
-                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
-  check_cpu(x_packed, "x_packed");
-  return glue::check_conv_args(x_packed, w_packed, in_channels, stride, padding, dilation);
-}
-
-// The epilogue pointers of the checked tensors (which must stay alive during the call).
-core::ConvEpilogue epilogue_of(const glue::EpilogueTensors& e) {
-  core::ConvEpilogue epilogue;
-  epilogue.scale = glue::data_or_null(e.scale);
-  epilogue.bias = glue::data_or_null(e.bias);
-  epilogue.residual = glue::data_or_null(e.residual);
-  epilogue.gamma = glue::data_or_null(e.gamma);
-  epilogue.zeta = glue::data_or_null(e.zeta);
-  epilogue.beta = glue::data_or_null(e.beta);
-  epilogue.threshold = glue::data_or_null(e.threshold);
-  epilogue.threshold_stride = e.threshold_stride;
-  return epilogue;
 }
 
 // Runs the convolution into out (N, O, Ho, Wo) float32: plan, input planes, then the tiles.
@@ -133,11 +89,12 @@ void run_conv(const core::ConvShape& s, const at::Tensor& x_packed, const at::Te
 at::Tensor binary_conv2d_cpu(const at::Tensor& x_packed, const at::Tensor& w_packed, int64_t in_channels,
                              at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                              const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& bias) {
-  const core::ConvShape s = conv_shape(x_packed, w_packed, in_channels, stride, padding, dilation);
+  const core::ConvShape s =
+      glue::check_conv_args(x_packed, w_packed, in_channels, stride, padding, dilation, at::kCPU);
   const glue::EpilogueTensors e = glue::check_epilogue_args(s, x_packed, scale, bias, std::nullopt, std::nullopt,
                                                             std::nullopt, std::nullopt, std::nullopt, false);
   at::Tensor out = OutputCache::instance().empty_float({s.N, s.O, s.out_h(), s.out_w()});
-  run_conv(s, x_packed, w_packed, epilogue_of(e), out);
+  run_conv(s, x_packed, w_packed, glue::epilogue_of(e, nullptr), out);
   return out;
 }
 
@@ -147,38 +104,23 @@ std::tuple<at::Tensor, at::Tensor> binary_conv2d_fused_cpu(
     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
     const std::optional<at::Tensor>& gamma, const std::optional<at::Tensor>& zeta,
     const std::optional<at::Tensor>& beta, const std::optional<at::Tensor>& threshold, bool pack) {
-  const core::ConvShape s = conv_shape(x_packed, w_packed, in_channels, stride, padding, dilation);
+  const core::ConvShape s =
+      glue::check_conv_args(x_packed, w_packed, in_channels, stride, padding, dilation, at::kCPU);
   const glue::EpilogueTensors e =
       glue::check_epilogue_args(s, x_packed, scale, bias, residual, gamma, zeta, beta, threshold, pack);
   const int64_t Ho = s.out_h(), Wo = s.out_w();
   at::Tensor out = OutputCache::instance().empty_float({s.N, s.O, Ho, Wo});
   at::Tensor packed = pack ? at::empty({s.N, Ho, Wo, packed_words(s.O)}, x_packed.options())
                            : at::empty({0}, x_packed.options());
-  core::ConvEpilogue epilogue = epilogue_of(e);
-  if (pack) epilogue.packed = reinterpret_cast<uint32_t*>(packed.data_ptr<int32_t>());
-  run_conv(s, x_packed, w_packed, epilogue, out);
+  uint32_t* packed_ptr = pack ? reinterpret_cast<uint32_t*>(packed.data_ptr<int32_t>()) : nullptr;
+  run_conv(s, x_packed, w_packed, glue::epilogue_of(e, packed_ptr), out);
   return {out, packed};
 }
 
 at::Tensor time_activation_cpu(const at::Tensor& u, const at::Tensor& gamma, const at::Tensor& zeta,
                                const at::Tensor& beta) {
-  check_cpu(u, "u");
-  check_cpu(gamma, "gamma");
-  check_cpu(zeta, "zeta");
-  check_cpu(beta, "beta");
-  TORCH_CHECK_TYPE(at::isFloatingType(u.scalar_type()), "u must be a floating tensor, got ", u.scalar_type());
-  TORCH_CHECK_TYPE(at::isFloatingType(gamma.scalar_type()), "gamma must be a floating tensor, got ",
-                   gamma.scalar_type());
-  TORCH_CHECK_TYPE(at::isFloatingType(zeta.scalar_type()), "zeta must be a floating tensor, got ", zeta.scalar_type());
-  TORCH_CHECK_TYPE(at::isFloatingType(beta.scalar_type()), "beta must be a floating tensor, got ", beta.scalar_type());
-  TORCH_CHECK_VALUE(u.dim() >= 2, "u must be (N, C, ...) with at least 2 dims, got shape ", u.sizes());
+  glue::check_time_activation_args(u, gamma, zeta, beta, at::kCPU);
   const int64_t N = u.size(0), C = u.size(1);
-  TORCH_CHECK_VALUE(gamma.dim() == 2 && gamma.size(0) == N && gamma.size(1) == C, "gamma must have shape (N, C) = (",
-                    N, ", ", C, "), got ", gamma.sizes());
-  TORCH_CHECK_VALUE(zeta.dim() == 2 && zeta.size(0) == N && zeta.size(1) == C, "zeta must have shape (N, C) = (", N,
-                    ", ", C, "), got ", zeta.sizes());
-  TORCH_CHECK_VALUE(beta.dim() == 1 && beta.size(0) == C, "beta must have shape (C,) = (", C, ",), got ",
-                    beta.sizes());
   // Half-precision inputs are computed in float32 and returned in their own dtype.
   const at::ScalarType compute = u.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const at::Tensor uc = u.to(compute).contiguous();
@@ -198,33 +140,11 @@ at::Tensor time_activation_cpu(const at::Tensor& u, const at::Tensor& gamma, con
   return out.to(u.scalar_type());
 }
 
-
 at::Tensor bernoulli_step_cpu(const at::Tensor& y_t, const at::Tensor& eps_hat, const at::Tensor& prior,
                               const at::Tensor& coef, c10::string_view mode, int64_t seed, int64_t offset) {
-  const auto check_state = [&](const at::Tensor& t, const char* name) {
-    check_cpu(t, name);
-    TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat, name, " must be float32, got ", t.scalar_type());
-    TORCH_CHECK_VALUE(t.sizes() == y_t.sizes(), name, " must have the shape of y_t ", y_t.sizes(), ", got ",
-                      t.sizes());
-  };
-  check_state(y_t, "y_t");
-  check_state(eps_hat, "eps_hat");
-  check_state(prior, "prior");
-  TORCH_CHECK_VALUE(y_t.dim() >= 1, "y_t must have a batch dimension (N, ...), got a 0-d tensor");
-  check_cpu(coef, "coef");
-  TORCH_CHECK_TYPE(coef.scalar_type() == at::kFloat, "coef must be float32, got ", coef.scalar_type());
+  const common::BernoulliMode kernel_mode =
+      glue::check_bernoulli_step_args(y_t, eps_hat, prior, coef, mode, offset, at::kCPU);
   const int64_t N = y_t.size(0);
-  TORCH_CHECK_VALUE(coef.dim() == 2 && coef.size(0) == N && coef.size(1) == 2, "coef must have shape (N, 2) = (", N,
-                    ", 2), got ", coef.sizes());
-  core::BernoulliMode kernel_mode;
-  if (mode == "posterior") {
-    kernel_mode = core::BernoulliMode::Posterior;
-  } else if (mode == "ddim") {
-    kernel_mode = core::BernoulliMode::Ddim;
-  } else {
-    TORCH_CHECK_VALUE(false, "mode must be one of ('posterior', 'ddim'), got '", std::string(mode), "'");
-  }
-  TORCH_CHECK_VALUE(offset >= 0, "offset must be non-negative, got ", offset);
 
   // Element i of the flattened (row-major) tensor uses counter offset + i, so any memory layout of
   // the inputs is first brought to the logical order.

@@ -39,8 +39,7 @@ __global__ void __launch_bounds__(kThreads)
     uint32_t bits = 0;
     for (int b = 0; b < count; ++b) {
       const float v = to_float(src[b * plane]);
-      // "not greater" sends NaN to -1 (bit 1), as the reference does.
-      if (!(v > (thr ? thr[b] : 0.0f))) bits |= 1u << b;
+      if (common::packed_bit(v, thr ? thr[b] : 0.0f)) bits |= 1u << b;
     }
     out[p * words + word] = bits;
   }
@@ -63,7 +62,7 @@ __global__ void __launch_bounds__(kThreads)
     if (c < C) {
       const float v = to_float(x[p * C + c]);
       const float t = threshold ? threshold[(p / plane) * threshold_stride_n + c] : 0.0f;
-      minus_one = !(v > t);
+      minus_one = common::packed_bit(v, t);
     }
     const uint32_t bits = __ballot_sync(0xFFFFFFFFu, minus_one);
     if (lane == 0) out[item] = bits;
@@ -74,7 +73,7 @@ template <typename T>
 void launch_typed(const T* x, bool channels_last, int64_t N, int C, int64_t plane, const float* threshold,
                   int64_t threshold_stride_n, uint32_t* out, cudaStream_t stream) {
   const int64_t pixels = N * plane;
-  const int words = (C + 31) / 32;
+  const int words = common::packed_words(C);
   if (channels_last) {
     const int64_t blocks = std::min(kMaxBlocks, ceil_div(pixels * words, kThreads / 32));
     binarize_pack_nhwc_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(

@@ -1,11 +1,12 @@
 // Binary convolution on the 1-bit tensor cores: implicit GEMM with
 // mma.sync.aligned.m16n8k256.row.col.s32.b1.b1.s32.and.popc and the fused epilogue.
 //
-// The counting scheme, the gather and the epilogue are in conv_geometry.h (shared with the host
-// tests). Tiling: a block of 4 warps computes 64 output pixels x 64 output channels; each warp
-// owns a 32 x 32 sub-tile, i.e. 2 x 4 MMA tiles of 16 x 8. The reduction advances 16 words
-// (512 bits, two MMA steps) at a time: the next step's words are gathered from global memory
-// into registers while the tensor cores consume the current ones from shared memory.
+// The counting scheme and the gather are in conv_geometry.h (shared with the host tests), the
+// epilogue in csrc/common/conv_epilogue.h (shared with the CPU kernels). Tiling: a block of
+// 4 warps computes 64 output pixels x 64 output channels; each warp owns a 32 x 32 sub-tile,
+// i.e. 2 x 4 MMA tiles of 16 x 8. The reduction advances 16 words (512 bits, two MMA steps) at a
+// time: the next step's words are gathered from global memory into registers while the tensor
+// cores consume the current ones from shared memory.
 //
 // Epilogue: the popc(a & w) counts go through shared memory, where each thread turns one
 // (pixel, channel) count into the +-1 result (with popc(a) of the pixel and popc(w) of the
@@ -40,7 +41,7 @@ static_assert((kBlockM / kWarpM) * (kBlockN / kWarpN) * 32 == kThreads, "one war
 __global__ void __launch_bounds__(kSatThreads) weight_tap_sat_kernel(ConvGeometry g, const uint32_t* __restrict__ w,
                                                                       int32_t* __restrict__ sat) {
   const int o = blockIdx.x * kSatThreads + threadIdx.x;
-  if (o < g.O) build_tap_sat(w, g, o, sat + static_cast<int64_t>(o) * g.sat_stride());
+  if (o < g.O) build_tap_sat(w, g, o, sat + static_cast<int64_t>(o) * sat_stride(g));
 }
 
 // The 1-bit MMA with AND exists from sm_80 on; older targets (a TORCH_CUDA_ARCH_LIST with them)
@@ -113,7 +114,7 @@ __device__ __forceinline__ void multiply_stage(const SharedTiles& s, int warp_m,
 
 __global__ void __launch_bounds__(kThreads)
     binary_conv2d_kernel(ConvGeometry g, const uint32_t* __restrict__ x, const uint32_t* __restrict__ w,
-                         const int32_t* __restrict__ sat, EpilogueParams e) {
+                         const int32_t* __restrict__ sat, common::ConvEpilogue e, float* __restrict__ out) {
   __shared__ SharedTiles s;
   const int tid = threadIdx.x;
   const int lane = tid % 32;
@@ -197,28 +198,29 @@ __global__ void __launch_bounds__(kThreads)
     const int col = index / kBlockM;
     const int o = o0 + col;
     if (m0 + row >= pixels || o >= g.O) continue;
-    const int32_t* channel_sat = sat + static_cast<int64_t>(o) * g.sat_stride();
+    const int32_t* channel_sat = sat + static_cast<int64_t>(o) * sat_stride(g);
     const TapRange rh = s.rows[row], rw = s.cols[row];
     const int32_t count = pm1_dot(rh.count() * rw.count(), g.C, s.popc_a[row],
                                   sat_rectangle(channel_sat, g.KW, rh, rw), s.out[row][col]);
     const int64_t n = s.n[row];
     const int64_t out_index = (n * g.O + o) * plane + s.rest[row];
-    const float value = epilogue_value(count, e, n, o, g.O, out_index);
-    e.out[out_index] = value;
+    const float value = output_value(count, e, n, o, g.O, out_index);
+    out[out_index] = value;
     s.out[row][col] = __float_as_int(value);
   }
   if (e.packed == nullptr) return;  // uniform across the block
   __syncthreads();
 
   // Packing: one warp per (pixel, 32 channels); the ballot is the packed word.
-  const int out_words = (g.O + 31) / 32;
+  const int out_words = common::packed_words(g.O);
   for (int item = warp; item < kBlockM * (kBlockN / 32); item += kThreads / 32) {
     const int row = item % kBlockM;
     const int word = item / kBlockM;
     const int64_t m = m0 + row;
     const int o = o0 + word * 32 + lane;
     const bool valid = m < pixels && o < g.O;
-    const bool bit = valid && packed_bit(__int_as_float(s.out[row][word * 32 + lane]), e, s.n[row], o);
+    const bool bit = valid && common::packed_bit(__int_as_float(s.out[row][word * 32 + lane]),
+                                                 common::output_threshold(e, s.n[row], o));
     const uint32_t packed = __ballot_sync(0xFFFFFFFFu, bit);
     const int out_word = o0 / 32 + word;
     if (lane == 0 && m < pixels && out_word < out_words) e.packed[m * out_words + out_word] = packed;
@@ -228,13 +230,13 @@ __global__ void __launch_bounds__(kThreads)
 }  // namespace
 
 void launch_binary_conv2d(const ConvGeometry& g, const uint32_t* x, const uint32_t* w, int32_t* workspace,
-                          const EpilogueParams& e, cudaStream_t stream) {
+                          const common::ConvEpilogue& e, float* out, cudaStream_t stream) {
   const int64_t pixels = g.pixels();
   if (pixels == 0 || g.O == 0) return;
   weight_tap_sat_kernel<<<static_cast<unsigned>(ceil_div(g.O, kSatThreads)), kSatThreads, 0, stream>>>(g, w,
                                                                                                     workspace);
   const dim3 grid(static_cast<unsigned>(ceil_div(pixels, kBlockM)), static_cast<unsigned>(ceil_div(g.O, kBlockN)));
-  binary_conv2d_kernel<<<grid, kThreads, 0, stream>>>(g, x, w, workspace, e);
+  binary_conv2d_kernel<<<grid, kThreads, 0, stream>>>(g, x, w, workspace, e, out);
 }
 
 }  // namespace hidiff::cuda

@@ -21,39 +21,30 @@
 #include <climits>
 #include <cstdint>
 
+#include "../common/conv_epilogue.h"
+#include "../common/conv_shape.h"
+#include "../common/packed_bits.h"
 #include "device_math.h"
 
 namespace hidiff::cuda {
 
-struct ConvGeometry {
-  int64_t N;       // batch
-  int H, W, C;     // input height, width, logical channels
-  int O, KH, KW;   // output channels, kernel height, kernel width
-  int stride_h, stride_w, pad_h, pad_w, dil_h, dil_w;
+// 32-bit sizes keep the index math in 32-bit registers; the glue checks that every size fits.
+using ConvGeometry = common::ConvShape<int>;
 
-  HIDIFF_HD int words() const { return (C + 31) / 32; }
-  HIDIFF_HD int out_h() const { return (H + 2 * pad_h - dil_h * (KH - 1) - 1) / stride_h + 1; }
-  HIDIFF_HD int out_w() const { return (W + 2 * pad_w - dil_w * (KW - 1) - 1) / stride_w + 1; }
-  HIDIFF_HD int reduction_words() const { return KH * KW * words(); }
-  HIDIFF_HD int64_t pixels() const { return N * out_h() * out_w(); }
-  // int32 elements of the per-channel summed-area table of tap popcounts (the kernel's workspace).
-  HIDIFF_HD int sat_stride() const { return (KH + 1) * (KW + 1); }
-  HIDIFF_HD int64_t sat_elements() const { return static_cast<int64_t>(O) * sat_stride(); }
-};
-
-// Bits of word `word` that hold channels < C (all of them except in the last word).
-HIDIFF_HD uint32_t channel_mask(int word, int C) {
-  const int remaining = C - word * 32;
-  return remaining >= 32 ? 0xFFFFFFFFu : (remaining <= 0 ? 0u : (1u << remaining) - 1u);
+// int32 elements of one channel's summed-area table of tap popcounts, and of all of them (the
+// kernel's workspace).
+HIDIFF_HOST_DEVICE HIDIFF_INLINE int sat_stride(const ConvGeometry& g) { return (g.KH + 1) * (g.KW + 1); }
+HIDIFF_HOST_DEVICE HIDIFF_INLINE int64_t sat_elements(const ConvGeometry& g) {
+  return static_cast<int64_t>(g.O) * sat_stride(g);
 }
 
 // Kernel taps [lo, hi) along one axis whose input coordinate origin + k * dilation lies in [0, size).
 struct TapRange {
   int lo, hi;
-  HIDIFF_HD int count() const { return hi - lo; }
+  HIDIFF_HOST_DEVICE HIDIFF_INLINE int count() const { return hi - lo; }
 };
 
-HIDIFF_HD TapRange tap_range(int origin, int size, int dilation, int taps) {
+HIDIFF_HOST_DEVICE HIDIFF_INLINE TapRange tap_range(int origin, int size, int dilation, int taps) {
   const int lo = origin < 0 ? (-origin + dilation - 1) / dilation : 0;
   const int last = size - 1 - origin;  // the largest offset k * dilation still inside
   int hi = last >= 0 ? last / dilation + 1 : 0;
@@ -68,7 +59,7 @@ struct OutputPixel {
   int ih0, iw0;
 };
 
-HIDIFF_HD OutputPixel output_pixel(int64_t m, const ConvGeometry& g) {
+HIDIFF_HOST_DEVICE HIDIFF_INLINE OutputPixel output_pixel(int64_t m, const ConvGeometry& g) {
   const int plane = g.out_h() * g.out_w();
   const int64_t n = m / plane;
   const int rest = static_cast<int>(m - n * plane);
@@ -84,7 +75,7 @@ struct GatherRow {
   int ih0, iw0;
 };
 
-HIDIFF_HD GatherRow gather_row(int64_t m, const ConvGeometry& g) {
+HIDIFF_HOST_DEVICE HIDIFF_INLINE GatherRow gather_row(int64_t m, const ConvGeometry& g) {
   if (m >= g.pixels()) return {0, INT_MIN / 2, INT_MIN / 2};
   const OutputPixel p = output_pixel(m, g);
   return {p.n * g.H * g.W * g.words(), p.ih0, p.iw0};
@@ -97,18 +88,18 @@ struct ReductionIndex {
   uint32_t mask;
 };
 
-HIDIFF_HD ReductionIndex reduction_index(int k, const ConvGeometry& g) {
+HIDIFF_HOST_DEVICE HIDIFF_INLINE ReductionIndex reduction_index(int k, const ConvGeometry& g) {
   if (k >= g.reduction_words()) return {0, 0, 0, 0u};
   const int words = g.words();
   const int tap = k / words;
   const int word = k - tap * words;
   const int kh = tap / g.KW;
-  return {kh, tap - kh * g.KW, word, channel_mask(word, g.C)};
+  return {kh, tap - kh * g.KW, word, common::channel_mask(word, g.C)};
 }
 
 // Element (row, k) of the implicit im2col matrix: a masked activation word, 0 outside the image.
-HIDIFF_HD uint32_t gather_activation(const uint32_t* x, const ConvGeometry& g, const GatherRow& row,
-                                     const ReductionIndex& r) {
+HIDIFF_HOST_DEVICE HIDIFF_INLINE uint32_t gather_activation(const uint32_t* x, const ConvGeometry& g,
+                                                            const GatherRow& row, const ReductionIndex& r) {
   const int ih = row.ih0 + r.kh * g.dil_h;
   const int iw = row.iw0 + r.kw * g.dil_w;
   if (r.mask == 0u || ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) return 0u;
@@ -116,14 +107,15 @@ HIDIFF_HD uint32_t gather_activation(const uint32_t* x, const ConvGeometry& g, c
 }
 
 // Element (o, k) of the right matrix: a weight word, 0 past the last channel or the reduction end.
-HIDIFF_HD uint32_t gather_weight(const uint32_t* w, const ConvGeometry& g, int o, int k, const ReductionIndex& r) {
+HIDIFF_HOST_DEVICE HIDIFF_INLINE uint32_t gather_weight(const uint32_t* w, const ConvGeometry& g, int o, int k,
+                                                        const ReductionIndex& r) {
   if (o >= g.O || r.mask == 0u) return 0u;
   return w[static_cast<int64_t>(o) * g.reduction_words() + k];
 }
 
 // Summed-area table of the popcounts of channel o's weight taps:
 //   sat[kh * (KW + 1) + kw] = sum of popc(w[o, i, j, :]) over i < kh, j < kw.
-HIDIFF_HD void build_tap_sat(const uint32_t* w, const ConvGeometry& g, int o, int32_t* sat) {
+HIDIFF_HOST_DEVICE HIDIFF_INLINE void build_tap_sat(const uint32_t* w, const ConvGeometry& g, int o, int32_t* sat) {
   const int words = g.words();
   const int row = g.KW + 1;
   const uint32_t* wo = w + static_cast<int64_t>(o) * g.reduction_words();
@@ -132,58 +124,35 @@ HIDIFF_HD void build_tap_sat(const uint32_t* w, const ConvGeometry& g, int o, in
     sat[(kh + 1) * row] = 0;
     for (int kw = 0; kw < g.KW; ++kw) {
       int ones = 0;
-      for (int j = 0; j < words; ++j) ones += popcount32(wo[(kh * g.KW + kw) * words + j] & channel_mask(j, g.C));
+      for (int j = 0; j < words; ++j) {
+        ones += popcount32(wo[(kh * g.KW + kw) * words + j] & common::channel_mask(j, g.C));
+      }
       sat[(kh + 1) * row + kw + 1] = ones + sat[kh * row + kw + 1] + sat[(kh + 1) * row + kw] - sat[kh * row + kw];
     }
   }
 }
 
 // popc(w) of channel o summed over the taps of rows [rh.lo, rh.hi) x columns [rw.lo, rw.hi).
-HIDIFF_HD int64_t sat_rectangle(const int32_t* sat, int KW, TapRange rh, TapRange rw) {
+HIDIFF_HOST_DEVICE HIDIFF_INLINE int64_t sat_rectangle(const int32_t* sat, int KW, TapRange rh, TapRange rw) {
   const int row = KW + 1;
   return static_cast<int64_t>(sat[rh.hi * row + rw.hi]) - sat[rh.lo * row + rw.hi] - sat[rh.hi * row + rw.lo] +
          sat[rh.lo * row + rw.lo];
 }
 
 // The +-1 dot product over `valid_taps` taps of C channels from the three popcounts.
-HIDIFF_HD int32_t pm1_dot(int valid_taps, int C, int64_t popc_a, int64_t popc_w, int64_t popc_and) {
+HIDIFF_HOST_DEVICE HIDIFF_INLINE int32_t pm1_dot(int valid_taps, int C, int64_t popc_a, int64_t popc_w,
+                                                 int64_t popc_and) {
   const int64_t disagreements = popc_a + popc_w - 2 * popc_and;
   return static_cast<int32_t>(static_cast<int64_t>(valid_taps) * C - 2 * disagreements);
 }
 
-// The fused epilogue of binary_conv2d_fused; absent operands are null pointers.
-//   u = count * scale + bias (+ residual); out = TA(u) when gamma is given, else u;
-//   packed bit of out = !(out > threshold), threshold 0 when none is given.
-struct EpilogueParams {
-  const float* scale;      // (O,) or null
-  const float* bias;       // (O,) or null
-  const float* residual;   // (N, O, Ho, Wo) or null
-  const float* gamma;      // (N, O) or null; zeta and beta are given with it
-  const float* zeta;       // (N, O)
-  const float* beta;       // (O,)
-  const float* threshold;  // threshold[n * threshold_stride_n + o], or null
-  int64_t threshold_stride_n;
-  float* out;        // (N, O, Ho, Wo) float32
-  uint32_t* packed;  // (N, Ho, Wo, ceil(O / 32)), or null when not packing
-};
-
-// Output value of (n, o) at NCHW index out_index, in the reference's order of float32 operations.
-HIDIFF_HD float epilogue_value(int32_t count, const EpilogueParams& e, int64_t n, int o, int O, int64_t out_index) {
-  float u = static_cast<float>(count);
-  if (e.scale) u = mul_rn(u, e.scale[o]);
-  if (e.bias) u = add_rn(u, e.bias[o]);
-  if (e.residual) u = add_rn(u, e.residual[out_index]);
-  if (e.gamma) {
-    const int64_t no = n * O + o;
-    u = time_activation(u, e.gamma[no], e.zeta[no], e.beta[o]);
-  }
-  return u;
-}
-
-// Bit of the packed output: 1 (value -1) unless out > threshold; NaN gives 1.
-HIDIFF_HD bool packed_bit(float value, const EpilogueParams& e, int64_t n, int o) {
-  const float threshold = e.threshold ? e.threshold[n * e.threshold_stride_n + o] : 0.0f;
-  return !(value > threshold);
+// Output value of (n, o) at NCHW index out_index, with the epilogue of every backend
+// (csrc/common/conv_epilogue.h); the kernel reads the operands per element.
+HIDIFF_HOST_DEVICE HIDIFF_INLINE float output_value(int32_t count, const common::ConvEpilogue& e, int64_t n, int o,
+                                                    int O, int64_t out_index) {
+  const common::EpilogueSteps steps = common::epilogue_steps(e);
+  return common::epilogue_value(count, steps, common::channel_operands(e, steps, n, o, O),
+                                steps.residual ? e.residual[out_index] : 0.0f);
 }
 
 // Fragments of mma.m16n8k256 with .b1 operands (PTX ISA, "Matrix Fragments for mma.m16n8k256"),
@@ -191,11 +160,11 @@ HIDIFF_HD bool packed_bit(float value, const EpilogueParams& e, int64_t n, int o
 //   A register r (0..3): row g + 8 * (r % 2), word t + 4 * (r / 2) of the 8-word (256-bit) step;
 //   B register r (0..1): column g, word t + 4 * r;
 //   accumulator r (0..3): row g + 8 * (r / 2), column 2 * t + r % 2.
-HIDIFF_HD int mma_a_row(int lane, int reg) { return lane / 4 + 8 * (reg % 2); }
-HIDIFF_HD int mma_a_word(int lane, int reg) { return lane % 4 + 4 * (reg / 2); }
-HIDIFF_HD int mma_b_col(int lane) { return lane / 4; }
-HIDIFF_HD int mma_b_word(int lane, int reg) { return lane % 4 + 4 * reg; }
-HIDIFF_HD int mma_c_row(int lane, int reg) { return lane / 4 + 8 * (reg / 2); }
-HIDIFF_HD int mma_c_col(int lane, int reg) { return 2 * (lane % 4) + reg % 2; }
+HIDIFF_HOST_DEVICE HIDIFF_INLINE int mma_a_row(int lane, int reg) { return lane / 4 + 8 * (reg % 2); }
+HIDIFF_HOST_DEVICE HIDIFF_INLINE int mma_a_word(int lane, int reg) { return lane % 4 + 4 * (reg / 2); }
+HIDIFF_HOST_DEVICE HIDIFF_INLINE int mma_b_col(int lane) { return lane / 4; }
+HIDIFF_HOST_DEVICE HIDIFF_INLINE int mma_b_word(int lane, int reg) { return lane % 4 + 4 * reg; }
+HIDIFF_HOST_DEVICE HIDIFF_INLINE int mma_c_row(int lane, int reg) { return lane / 4 + 8 * (reg / 2); }
+HIDIFF_HOST_DEVICE HIDIFF_INLINE int mma_c_col(int lane, int reg) { return 2 * (lane % 4) + reg % 2; }
 
 }  // namespace hidiff::cuda

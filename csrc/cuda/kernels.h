@@ -3,15 +3,17 @@
 // Every launcher only enqueues work on `stream` and returns; launch errors are left for the
 // caller to read with cudaGetLastError() (the ATen glue uses C10_CUDA_KERNEL_LAUNCH_CHECK). All
 // tensors are contiguous in the stated layout; sizes are validated by the caller. The bit layout
-// and the arithmetic are those of hidiff_kernels/reference.py (see conv_geometry.h, philox.h).
+// and the arithmetic are those of every backend and of hidiff_kernels/reference.py (csrc/common,
+// conv_geometry.h).
 #pragma once
 
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
 
+#include "../common/bernoulli_mean.h"
+#include "../common/conv_epilogue.h"
 #include "conv_geometry.h"
-#include "philox.h"
 
 namespace hidiff::cuda {
 
@@ -25,12 +27,13 @@ enum class FloatType : int { Float32 = 0, Float64 = 1, Float16 = 2, BFloat16 = 3
 void launch_binarize_pack(const void* x, FloatType type, bool channels_last, int64_t N, int C, int64_t H, int64_t W,
                           const float* threshold, int64_t threshold_stride_n, uint32_t* out, cudaStream_t stream);
 
-// Binary convolution with the fused epilogue (conv_geometry.h), on the 1-bit tensor cores.
+// Binary convolution with the fused epilogue (csrc/common/conv_epilogue.h), on the 1-bit tensor cores.
 //   x:         packed activations (N, H, W, words), w: packed weights (O, KH, KW, words)
-//   workspace: g.sat_elements() int32 (the per-channel tap popcount tables, rebuilt on each call)
-//   e:         epilogue operands and outputs; e.packed null skips the packing
+//   workspace: sat_elements(g) int32 (the per-channel tap popcount tables, rebuilt on each call)
+//   e:         epilogue operands; e.packed null skips the packing
+//   out:       (N, O, Ho, Wo) float32
 void launch_binary_conv2d(const ConvGeometry& g, const uint32_t* x, const uint32_t* w, int32_t* workspace,
-                          const EpilogueParams& e, cudaStream_t stream);
+                          const common::ConvEpilogue& e, float* out, cudaStream_t stream);
 
 // TA (paper Eq. 16) on u viewed as (N * C, inner) rows; gamma, zeta (N, C); beta (C,).
 void launch_time_activation(const float* u, const float* gamma, const float* zeta, const float* beta, float* out,
@@ -41,7 +44,7 @@ void launch_time_activation(const double* u, const double* gamma, const double* 
 // Fused Bernoulli step on (N, inner) float32 elements with coef (N, 2):
 //   out[i] = counter_uniform(seed, offset + i) < bernoulli_mean(...) ? 1 : 0
 void launch_bernoulli_step(const float* y_t, const float* eps_hat, const float* prior, const float* coef, int64_t N,
-                           int64_t inner, BernoulliMode mode, uint64_t seed, uint64_t offset, float* out,
+                           int64_t inner, common::BernoulliMode mode, uint64_t seed, uint64_t offset, float* out,
                            cudaStream_t stream);
 
 }  // namespace hidiff::cuda

@@ -21,7 +21,7 @@ __global__ void __launch_bounds__(kThreads)
     T* dst = out + row * inner;
     for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < inner;
          i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-      dst[i] = time_activation(src[i], g, z, b);
+      dst[i] = common::time_activation(src[i], g, z, b);
     }
   }
 }

@@ -1,7 +1,7 @@
 // Argument checks of the binary convolution ops, shared by the CPU and the CUDA glue (ATen only).
 //
-// The caller checks that x_packed is on its backend's device; every other tensor must be on the
-// device of x_packed. Messages name the argument and what was expected, the same on every backend.
+// x_packed must be on the backend's device and every other tensor on the device of x_packed.
+// Messages name the argument and what was expected, the same on every backend.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -9,28 +9,29 @@
 #include <cstdint>
 #include <optional>
 
-#include "../core/binary_conv.h"
+#include "../common/conv_epilogue.h"
+#include "../common/conv_shape.h"
+#include "../common/packed_bits.h"
+#include "devices.h"
 
 namespace hidiff::glue {
-
-inline void check_same_device(const at::Tensor& t, const char* name, const at::Tensor& like) {
-  TORCH_CHECK_VALUE(t.device() == like.device(), name, " must be on the device of x_packed (", like.device(),
-                    "), got ", t.device());
-}
 
 inline void check_packed_operand(const at::Tensor& t, const char* name, const char* layout) {
   TORCH_CHECK_TYPE(t.scalar_type() == at::kInt, name, " must be int32 packed bits, got ", t.scalar_type());
   TORCH_CHECK_VALUE(t.dim() == 4, name, " must be 4-D ", layout, ", got shape ", t.sizes());
 }
 
-// Checks the packed operands and the geometry; returns the shape of the call.
-inline core::ConvShape check_conv_args(const at::Tensor& x_packed, const at::Tensor& w_packed, int64_t in_channels,
-                                       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+// Checks the packed operands (x_packed on `backend`) and the geometry; returns the shape of the call.
+inline common::ConvShape<int64_t> check_conv_args(const at::Tensor& x_packed, const at::Tensor& w_packed,
+                                                  int64_t in_channels, at::IntArrayRef stride,
+                                                  at::IntArrayRef padding, at::IntArrayRef dilation,
+                                                  at::DeviceType backend) {
+  check_backend(x_packed, "x_packed", backend);
   check_packed_operand(x_packed, "x_packed", "(N, H, W, words)");
   check_packed_operand(w_packed, "w_packed", "(O, KH, KW, words)");
-  check_same_device(w_packed, "w_packed", x_packed);
+  check_same_device(w_packed, "w_packed", x_packed, "x_packed");
   TORCH_CHECK_VALUE(in_channels > 0, "in_channels must be positive, got ", in_channels);
-  const int64_t words = (in_channels + 31) / 32;
+  const int64_t words = common::packed_words(in_channels);
   TORCH_CHECK_VALUE(x_packed.size(3) == words, "x_packed has ", x_packed.size(3), " words per pixel but in_channels=",
                     in_channels, " needs ", words);
   TORCH_CHECK_VALUE(w_packed.size(3) == words, "w_packed has ", w_packed.size(3), " words per tap but in_channels=",
@@ -46,9 +47,10 @@ inline core::ConvShape check_conv_args(const at::Tensor& x_packed, const at::Ten
   TORCH_CHECK_VALUE(in_channels <= kMax, "in_channels must be positive and at most ", kMax, ", got ", in_channels);
   TORCH_CHECK_VALUE(w_packed.size(1) > 0 && w_packed.size(2) > 0, "w_packed must have a non-empty kernel, got shape ",
                     w_packed.sizes());
-  const core::ConvShape s{x_packed.size(0), x_packed.size(1), x_packed.size(2), in_channels, w_packed.size(0),
-                          w_packed.size(1), w_packed.size(2), stride[0], stride[1], padding[0], padding[1],
-                          dilation[0], dilation[1]};
+  const common::ConvShape<int64_t> s{x_packed.size(0), x_packed.size(1), x_packed.size(2), in_channels,
+                                     w_packed.size(0), w_packed.size(1), w_packed.size(2),
+                                     stride[0],        stride[1],        padding[0],       padding[1],
+                                     dilation[0],      dilation[1]};
   TORCH_CHECK_VALUE(s.out_h() <= kMax && s.out_w() <= kMax, "binary_conv2d output would be ", s.out_h(), "x",
                     s.out_w(), ", more than ", kMax, " rows or columns: input ", s.H, "x", s.W, ", padding ", padding,
                     ", stride ", stride);
@@ -62,13 +64,13 @@ inline core::ConvShape check_conv_args(const at::Tensor& x_packed, const at::Ten
 // The optional tensors of the fused epilogue, checked and made contiguous float32.
 struct EpilogueTensors {
   std::optional<at::Tensor> scale, bias, residual, gamma, zeta, beta, threshold;
-  int64_t threshold_stride = 0;  // elements between samples of threshold: 0 (shared) or O
+  int64_t threshold_stride_n = 0;  // elements between samples of threshold: 0 (shared) or O
 };
 
 inline std::optional<at::Tensor> affine_operand(const std::optional<at::Tensor>& t, const char* name, int64_t O,
                                                 const at::Tensor& like) {
   if (!t.has_value()) return std::nullopt;
-  check_same_device(*t, name, like);
+  check_same_device(*t, name, like, "x_packed");
   TORCH_CHECK_TYPE(at::isFloatingType(t->scalar_type()), name, " must be a floating tensor, got ", t->scalar_type());
   TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == O, name, " must have shape (O,) = (", O, ",), got ", t->sizes());
   return t->to(at::kFloat).contiguous();
@@ -76,7 +78,7 @@ inline std::optional<at::Tensor> affine_operand(const std::optional<at::Tensor>&
 
 inline at::Tensor float32_operand(const at::Tensor& t, const char* name, at::IntArrayRef shape, const char* layout,
                                   const at::Tensor& like) {
-  check_same_device(t, name, like);
+  check_same_device(t, name, like, "x_packed");
   TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat, name, " must be float32, got ", t.scalar_type());
   TORCH_CHECK_VALUE(t.sizes() == shape, name, " must have shape ", layout, " = ", shape, ", got ", t.sizes());
   return t.contiguous();
@@ -85,7 +87,7 @@ inline at::Tensor float32_operand(const at::Tensor& t, const char* name, at::Int
 // Checks scale, bias (any floating dtype, (O,)) and the fused epilogue's residual (N, O, Ho, Wo),
 // TA gamma, zeta (N, O) and beta (O,) (all or none), threshold (O,) or (N, O) (only with pack),
 // all float32 except scale and bias.
-inline EpilogueTensors check_epilogue_args(const core::ConvShape& s, const at::Tensor& x_packed,
+inline EpilogueTensors check_epilogue_args(const common::ConvShape<int64_t>& s, const at::Tensor& x_packed,
                                            const std::optional<at::Tensor>& scale,
                                            const std::optional<at::Tensor>& bias,
                                            const std::optional<at::Tensor>& residual,
@@ -107,7 +109,7 @@ inline EpilogueTensors check_epilogue_args(const core::ConvShape& s, const at::T
   }
   if (threshold) {
     TORCH_CHECK_VALUE(pack, "threshold is only used with pack=True (it binarises the output for the next layer)");
-    check_same_device(*threshold, "threshold", x_packed);
+    check_same_device(*threshold, "threshold", x_packed, "x_packed");
     TORCH_CHECK_TYPE(threshold->scalar_type() == at::kFloat, "threshold must be float32, got ",
                      threshold->scalar_type());
     const bool per_channel = threshold->dim() == 1 && threshold->size(0) == s.O;
@@ -115,11 +117,27 @@ inline EpilogueTensors check_epilogue_args(const core::ConvShape& s, const at::T
     TORCH_CHECK_VALUE(per_channel || per_sample, "threshold must have shape (O,) = (", s.O, ",) or (N, O) = (", s.N,
                       ", ", s.O, "), got ", threshold->sizes());
     e.threshold = threshold->contiguous();
-    e.threshold_stride = per_sample ? s.O : 0;
+    e.threshold_stride_n = per_sample ? s.O : 0;
   }
   return e;
 }
 
 inline const float* data_or_null(const std::optional<at::Tensor>& t) { return t ? t->data_ptr<float>() : nullptr; }
+
+// The kernels' view of the checked tensors, which must stay alive during the call; `packed` is the
+// binarised output, or nullptr when not packing.
+inline common::ConvEpilogue epilogue_of(const EpilogueTensors& e, uint32_t* packed) {
+  common::ConvEpilogue epilogue;
+  epilogue.scale = data_or_null(e.scale);
+  epilogue.bias = data_or_null(e.bias);
+  epilogue.residual = data_or_null(e.residual);
+  epilogue.gamma = data_or_null(e.gamma);
+  epilogue.zeta = data_or_null(e.zeta);
+  epilogue.beta = data_or_null(e.beta);
+  epilogue.threshold = data_or_null(e.threshold);
+  epilogue.threshold_stride_n = e.threshold_stride_n;
+  epilogue.packed = packed;
+  return epilogue;
+}
 
 }  // namespace hidiff::glue

@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -13,6 +15,7 @@
 #include "../time_activation.h"
 
 using namespace hidiff::core;
+using hidiff::common::packed_words;
 
 namespace {
 
@@ -147,6 +150,25 @@ void test_time_activation() {
   EXPECT(out[3] == 0.25f - 1.f, "TA above gamma, channel 1");
 }
 
+// The shared TA multiplies the upper branch by a slope of 1; it must equal Eq. 16's two branches
+// bit for bit, signed zeros, infinities and NaN included.
+template <typename T>
+void test_time_activation_matches_both_branches() {
+  const T inf = std::numeric_limits<T>::infinity(), nan = std::numeric_limits<T>::quiet_NaN();
+  const T values[] = {T(-2), T(-0.0), T(0), T(0.375), T(3), T(1e-30), -inf, inf, nan};
+  for (T u : values)
+    for (T g : values)
+      for (T z : values)
+        for (T b : values) {
+          const T ours = hidiff::common::time_activation(u, g, z, b);
+          const T shifted = u - g;
+          const T branches = u > g ? shifted + z : b * shifted + z;
+          EXPECT(std::memcmp(&ours, &branches, sizeof(T)) == 0 || (std::isnan(ours) && std::isnan(branches)),
+                 "TA(%g, %g, %g, %g) = %g, expected %g", double(u), double(g), double(z), double(b), double(ours),
+                 double(branches));
+        }
+}
+
 }  // namespace
 
 void test_environment_selects_initial_isa() {
@@ -166,6 +188,8 @@ int main() {
   test_pack_layouts();
   test_conv_all_isas();
   test_time_activation();
+  test_time_activation_matches_both_branches<float>();
+  test_time_activation_matches_both_branches<double>();
   if (failures) {
     std::printf("%d failed\n", failures);
     return 1;

@@ -1,26 +1,24 @@
-// Host-side tests of the index math and arithmetic the CUDA kernels share with the host
-// (csrc/cuda/*.h), compiled with the plain C++ compiler: no GPU and no CUDA toolkit needed.
+// Host-side tests of the index math the CUDA kernels share with the host (csrc/cuda/*.h, and the
+// csrc/common headers they use), compiled with the plain C++ compiler: no GPU and no CUDA toolkit
+// needed. Philox, the Bernoulli mean and TA of csrc/common are tested by the csrc/core tests.
 //
 // - tap ranges, channel masks and the reduction index against brute force;
 // - the binary_conv2d algorithm (implicit-GEMM gather, popc(a), the tap-popcount summed-area
 //   table, the count formula, the fused epilogue and its packing), run on the host with the
 //   kernel's own helpers, against a naive +-1 convolution, with garbage in the pad bits;
 // - the register mapping of the m16n8k256 fragments, fed to an emulation of the instruction
-//   written from the PTX ISA's element formulas;
-// - Philox, the Bernoulli mean and TA against csrc/core, bit for bit.
-#include <cmath>
+//   written from the PTX ISA's element formulas.
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
-#include <limits>
 #include <random>
 #include <vector>
 
-#include "core/bernoulli.h"
-#include "core/time_activation.h"
+#include "common/conv_epilogue.h"
+#include "common/packed_bits.h"
 #include "cuda/conv_geometry.h"
-#include "cuda/philox.h"
 
+namespace cm = hidiff::common;
 namespace cu = hidiff::cuda;
 
 namespace {
@@ -67,7 +65,7 @@ void test_channel_mask_and_reduction_index() {
   for (int C = 1; C <= 130; ++C) {
     const int words = (C + 31) / 32;
     int total = 0;
-    for (int j = 0; j < words + 1; ++j) total += __builtin_popcount(cu::channel_mask(j, C));
+    for (int j = 0; j < words + 1; ++j) total += __builtin_popcount(cm::channel_mask(j, C));
     EXPECT(total == C, "channel_mask C=%d covers %d channels", C, total);
   }
   const cu::ConvGeometry g{1, 5, 5, 70, 3, 3, 2, 1, 1, 0, 0, 1, 1};
@@ -79,7 +77,7 @@ void test_channel_mask_and_reduction_index() {
       continue;
     }
     EXPECT((r.kh * g.KW + r.kw) * words + r.word == k, "k=%d does not round-trip", k);
-    EXPECT(r.mask == cu::channel_mask(r.word, g.C), "k=%d mask", k);
+    EXPECT(r.mask == cm::channel_mask(r.word, g.C), "k=%d mask", k);
   }
 }
 
@@ -104,19 +102,19 @@ void test_conv_algorithm(const cu::ConvGeometry& g, std::mt19937& rng) {
     return (t[base + c / 32] >> (c % 32)) & 1u ? -1 : 1;
   };
 
-  std::vector<int32_t> sat(g.sat_elements());
+  std::vector<int32_t> sat(cu::sat_elements(g));
   for (int o = 0; o < g.O; ++o)
-    cu::build_tap_sat(w.data(), g, o, sat.data() + static_cast<int64_t>(o) * g.sat_stride());
+    cu::build_tap_sat(w.data(), g, o, sat.data() + static_cast<int64_t>(o) * cu::sat_stride(g));
 
   std::normal_distribution<float> dist;
   std::vector<float> scale(g.O), bias(g.O), beta(g.O), gamma(g.N * g.O), zeta(g.N * g.O), threshold(g.N * g.O);
-  std::vector<float> residual(g.N * g.O * Ho * Wo), out(residual.size());
+  std::vector<float> residual(g.N * g.O * Ho * Wo);
   for (auto* v : {&scale, &bias, &beta, &gamma, &zeta, &threshold, &residual})
     for (auto& e : *v) e = dist(rng);
-  const int out_words = (g.O + 31) / 32;
+  const int out_words = cm::packed_words(g.O);
   std::vector<uint32_t> packed(g.N * Ho * Wo * out_words, 0u);
-  cu::EpilogueParams e{scale.data(), bias.data(),      residual.data(), gamma.data(), zeta.data(),
-                       beta.data(),  threshold.data(), g.O,             out.data(),   packed.data()};
+  const cm::ConvEpilogue e{scale.data(), bias.data(), residual.data(), gamma.data(),
+                           zeta.data(),  beta.data(), threshold.data(), g.O};
 
   for (int64_t m = 0; m < g.pixels(); ++m) {
     const cu::GatherRow row = cu::gather_row(m, g);
@@ -133,7 +131,7 @@ void test_conv_algorithm(const cu::ConvGeometry& g, std::mt19937& rng) {
       int64_t popc_and = 0;
       for (int k = 0; k < ktot; ++k)
         popc_and += __builtin_popcount(a[k] & cu::gather_weight(w.data(), g, o, k, cu::reduction_index(k, g)));
-      const int64_t popc_w = cu::sat_rectangle(sat.data() + static_cast<int64_t>(o) * g.sat_stride(), g.KW, rh, rw);
+      const int64_t popc_w = cu::sat_rectangle(sat.data() + static_cast<int64_t>(o) * cu::sat_stride(g), g.KW, rh, rw);
       const int32_t count = cu::pm1_dot(rh.count() * rw.count(), g.C, popc_a, popc_w, popc_and);
 
       int32_t naive = 0;
@@ -149,15 +147,16 @@ void test_conv_algorithm(const cu::ConvGeometry& g, std::mt19937& rng) {
       EXPECT(count == naive, "count C=%d O=%d m=%ld o=%d: %d != %d", g.C, g.O, (long)m, o, count, naive);
 
       const int64_t out_index = (p.n * g.O + o) * Ho * Wo + p.rest;
-      const float value = cu::epilogue_value(count, e, p.n, o, g.O, out_index);
+      const float value = cu::output_value(count, e, p.n, o, g.O, out_index);
       float u = static_cast<float>(naive) * scale[o];
       u = u + bias[o];
       u = u + residual[out_index];
       const float gm = gamma[p.n * g.O + o], shifted = u - gm;
       const float expected = u > gm ? shifted + zeta[p.n * g.O + o] : beta[o] * shifted + zeta[p.n * g.O + o];
       EXPECT(bits_of(value) == bits_of(expected), "epilogue m=%ld o=%d", (long)m, o);
-      if (cu::packed_bit(value, e, p.n, o)) packed[m * out_words + o / 32] |= 1u << (o % 32);
-      EXPECT(cu::packed_bit(value, e, p.n, o) == !(expected > threshold[p.n * g.O + o]), "packed bit m=%ld", (long)m);
+      const bool bit = cm::packed_bit(value, cm::output_threshold(e, p.n, o));
+      if (bit) packed[m * out_words + o / 32] |= 1u << (o % 32);
+      EXPECT(bit == !(expected > threshold[p.n * g.O + o]), "packed bit m=%ld", (long)m);
     }
     EXPECT((packed[m * out_words + out_words - 1] >> 1 >> ((g.O - 1) % 32)) == 0u, "pad bits of the packed output");
   }
@@ -219,51 +218,6 @@ void test_mma_fragments(std::mt19937& rng) {
     for (int v : row) EXPECT(v == 1, "accumulator mapping is not a bijection");
 }
 
-void test_philox_and_mean(std::mt19937& rng) {
-  std::uniform_real_distribution<float> unit(0.0f, 1.0f), wide(-0.5f, 1.5f);
-  const float specials[] = {0.0f, 1.0f, -0.0f, std::numeric_limits<float>::quiet_NaN(),
-                            std::numeric_limits<float>::infinity(), 1e-30f};
-  for (int i = 0; i < 200000; ++i) {
-    const uint64_t seed = (static_cast<uint64_t>(rng()) << 32) | rng();
-    const uint64_t index = (static_cast<uint64_t>(rng()) << 32) | rng();
-    const hidiff::core::PhiloxCounter r = hidiff::core::philox4x32_10(
-        {static_cast<uint32_t>(index), static_cast<uint32_t>(index >> 32), 0u, 0u},
-        {static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32)});
-    EXPECT(cu::philox_first_word(static_cast<uint32_t>(index), static_cast<uint32_t>(index >> 32),
-                                 static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32)) == r[0],
-           "philox word %d", i);
-    EXPECT(bits_of(cu::counter_uniform(seed, index)) == bits_of(hidiff::core::counter_uniform(seed, index)),
-           "uniform %d", i);
-    float y = static_cast<float>(rng() % 2), e = unit(rng), p = unit(rng), a = unit(rng), b = wide(rng);
-    if (i % 7 == 0) e = specials[rng() % 6];
-    if (i % 11 == 0) p = specials[rng() % 6];
-    for (int mode = 0; mode < 2; ++mode) {
-      const float ours = cu::bernoulli_mean(y, e, p, a, b, static_cast<cu::BernoulliMode>(mode));
-      const float core = hidiff::core::bernoulli_mean(y, e, p, a, b, static_cast<hidiff::core::BernoulliMode>(mode));
-      EXPECT(bits_of(ours) == bits_of(core) || (std::isnan(ours) && std::isnan(core)), "mean %d mode %d", i, mode);
-    }
-  }
-  // Known answer of Random123's Philox4x32-10 (counter and key all ones).
-  EXPECT(cu::philox_first_word(0xFFFFFFFFu, 0xFFFFFFFFu, 0xFFFFFFFFu, 0xFFFFFFFFu) ==
-             hidiff::core::philox4x32_10({0xFFFFFFFFu, 0xFFFFFFFFu, 0u, 0u}, {0xFFFFFFFFu, 0xFFFFFFFFu})[0],
-         "all-ones counter");
-}
-
-template <typename T>
-void test_time_activation(std::mt19937& rng) {
-  std::normal_distribution<double> dist;
-  const int64_t C = 5, inner = 37;
-  std::vector<T> u(2 * C * inner), g(2 * C), z(2 * C), b(C), expected(u.size());
-  for (auto* v : {&u, &g, &z, &b})
-    for (auto& e : *v) e = static_cast<T>(dist(rng));
-  hidiff::core::time_activation_rows<T>(u.data(), g.data(), z.data(), b.data(), expected.data(), C, inner, 0, 2 * C);
-  for (int64_t i = 0; i < static_cast<int64_t>(u.size()); ++i) {
-    const int64_t row = i / inner;
-    const T ours = cu::time_activation(u[i], g[row], z[row], b[row % C]);
-    EXPECT(std::memcmp(&ours, &expected[i], sizeof(T)) == 0, "TA element %ld", (long)i);
-  }
-}
-
 }  // namespace
 
 int main() {
@@ -272,9 +226,6 @@ int main() {
   test_channel_mask_and_reduction_index();
   for (const cu::ConvGeometry& g : kShapes) test_conv_algorithm(g, rng);
   for (int i = 0; i < 20; ++i) test_mma_fragments(rng);
-  test_philox_and_mean(rng);
-  test_time_activation<float>(rng);
-  test_time_activation<double>(rng);
   if (failures) {
     std::printf("%d failed\n", failures);
     return 1;

@@ -18,6 +18,7 @@
 #include "core/time_activation.h"
 #include "cuda/kernels.h"
 
+namespace cm = hidiff::common;
 namespace cu = hidiff::cuda;
 
 namespace {
@@ -75,7 +76,7 @@ uint32_t bits_of(float v) {
 void test_binarize_pack(std::mt19937& rng) {
   std::normal_distribution<float> dist;
   for (int C : {1, 3, 31, 33, 63, 65, 96, 193}) {
-    const int64_t N = 2, H = 3, W = 5, words = (C + 31) / 32;
+    const int64_t N = 2, H = 3, W = 5, words = cm::packed_words<int64_t>(C);
     std::vector<float> nchw(N * C * H * W), thr(N * C);
     for (auto& v : nchw) v = dist(rng);
     for (auto& v : thr) v = 0.3f * dist(rng);
@@ -138,7 +139,9 @@ void test_binary_conv2d(const cu::ConvGeometry& g, std::mt19937& rng, bool full_
   const int64_t plane = static_cast<int64_t>(Ho) * Wo;
   std::vector<uint32_t> x(g.N * g.H * g.W * words), w(static_cast<size_t>(g.O) * ktot);
   const auto random_packed = [&](std::vector<uint32_t>& t) {
-    for (size_t i = 0; i < t.size(); ++i) t[i] = static_cast<uint32_t>(rng()) & cu::channel_mask(i % words, g.C);
+    for (size_t i = 0; i < t.size(); ++i) {
+      t[i] = static_cast<uint32_t>(rng()) & cm::channel_mask(static_cast<int>(i % words), g.C);
+    }
   };
   random_packed(x);
   random_packed(w);
@@ -149,7 +152,7 @@ void test_binary_conv2d(const cu::ConvGeometry& g, std::mt19937& rng, bool full_
     for (auto& e : *v) e = dist(rng);
 
   // Host: naive +-1 convolution and the epilogue in the reference's order.
-  const int out_words = (g.O + 31) / 32;
+  const int out_words = cm::packed_words(g.O);
   std::vector<float> expected(g.N * g.O * plane);
   std::vector<uint32_t> expected_packed(g.N * plane * out_words, 0u);
   const auto sign = [](const std::vector<uint32_t>& t, int64_t base, int c) {
@@ -186,15 +189,13 @@ void test_binary_conv2d(const cu::ConvGeometry& g, std::mt19937& rng, bool full_
   DeviceBuffer<float> d_scale(scale), d_bias(bias), d_res(residual), d_gamma(gamma), d_zeta(zeta), d_beta(beta),
       d_thr(thr), d_out(std::vector<float>(expected.size(), std::nanf("")));
   DeviceBuffer<uint32_t> d_packed(std::vector<uint32_t>(expected_packed.size(), 0xDEADBEEFu));
-  DeviceBuffer<int32_t> workspace(std::vector<int32_t>(g.sat_elements()));
-  cu::EpilogueParams e{};
+  DeviceBuffer<int32_t> workspace(std::vector<int32_t>(cu::sat_elements(g)));
+  cm::ConvEpilogue e{};
   if (full_epilogue) {
-    e = {d_scale.get(), d_bias.get(), d_res.get(), d_gamma.get(), d_zeta.get(), d_beta.get(), d_thr.get(), g.O,
-         nullptr,       nullptr};
+    e = {d_scale.get(), d_bias.get(), d_res.get(), d_gamma.get(), d_zeta.get(), d_beta.get(), d_thr.get(), g.O};
   }
-  e.out = d_out.get();
   e.packed = d_packed.get();
-  cu::launch_binary_conv2d(g, d_x.get(), d_w.get(), workspace.get(), e, nullptr);
+  cu::launch_binary_conv2d(g, d_x.get(), d_w.get(), workspace.get(), e, d_out.get(), nullptr);
   check_cuda(cudaGetLastError(), "launch_binary_conv2d");
   const std::vector<float> out = d_out.download();
   const std::vector<uint32_t> packed = d_packed.download();
@@ -240,12 +241,11 @@ void test_bernoulli_step(std::mt19937& rng) {
   DeviceBuffer<float> dy(y), de(e), dp(p), dc(coef), dout(std::vector<float>(y.size()));
   const uint64_t cases[][2] = {{0, 0}, {123, 17}, {(1ull << 40) + 3, (1ull << 33) - 5}, {~2ull, (1ull << 32) - 100}};
   for (const auto& [seed, offset] : cases)
-    for (const auto mode : {hidiff::core::BernoulliMode::Posterior, hidiff::core::BernoulliMode::Ddim}) {
+    for (const auto mode : {cm::BernoulliMode::Posterior, cm::BernoulliMode::Ddim}) {
       std::vector<float> expected(y.size());
       hidiff::core::bernoulli_step(y.data(), e.data(), p.data(), coef.data(), inner, mode, seed, offset,
                                    expected.data(), 0, N * inner);
-      cu::launch_bernoulli_step(dy.get(), de.get(), dp.get(), dc.get(), N, inner,
-                                static_cast<cu::BernoulliMode>(static_cast<int>(mode)), seed, offset, dout.get(),
+      cu::launch_bernoulli_step(dy.get(), de.get(), dp.get(), dc.get(), N, inner, mode, seed, offset, dout.get(),
                                 nullptr);
       check_cuda(cudaGetLastError(), "launch_bernoulli_step");
       EXPECT(dout.download() == expected, "bernoulli_step seed=%llu offset=%llu mode=%d", (unsigned long long)seed,

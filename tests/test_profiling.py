@@ -163,3 +163,26 @@ def test_bad_profile_arguments_name_the_argument():
     with pytest.raises(ValueError, match="repeats"):
         profile_methods(ProfileSettings(image_size=SIZE), ["merit"], timed=True, repeats=0)
     assert cli.main(["flops", "--image-size", "48"]) == 2
+
+
+def test_time_breakdown_groups_a_frozen_refinement():
+    import torch
+
+    from hidiff.diffusion import BernoulliDiffusion
+    from hidiff.models import BBDM, HiDiff, UNet
+    from hidiff.profiling import OPERATOR_GROUPS, time_breakdown
+
+    segmentor = UNet(3, 1, base_channels=4)
+    refiner = BBDM(3, 1, model_channels=32, cond_channels=segmentor.feature_channels)
+    model = HiDiff(segmentor, refiner, BernoulliDiffusion(num_steps=4)).eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        prior, features = model.prior(x)
+        model.refine_from_prior(x, prior, features, steps=2)
+        breakdown = time_breakdown(lambda: model.refine_from_prior(x, prior, features, steps=2))
+    assert list(breakdown.seconds) == [group for group, _ in OPERATOR_GROUPS] + ["other"]
+    binary_blocks, packing = (breakdown.seconds[group] for group, _ in OPERATOR_GROUPS[:2])
+    assert binary_blocks > 0 and packing > 0  # the frozen refiner's fused blocks ran
+    assert breakdown.seconds["sampler (Bernoulli steps)"] > 0
+    assert abs(sum(breakdown.shares().values()) - 1) < 1e-9
+    assert 0 < breakdown.total_seconds

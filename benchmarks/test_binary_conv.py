@@ -4,10 +4,18 @@ Columns: torch fp32 ``F.conv2d`` (NCHW, the baseline), torch fp32 on channels-la
 ``binary_conv2d`` on an already packed input, and ``binarize_pack`` + ``binary_conv2d`` (the
 full cost of a binary layer fed with float activations). Both paths include the per-channel
 scale and bias.
+
+With OpenVINO installed (the optional peer, ``pip install .[peers]``), two more columns: its fp32
+convolution (with the bias) and its binary convolution fed with the same float input (binarisation,
+``BinaryConvolution``, scale and bias; see ``openvino_peer``), compiled for its CPU plugin with
+as many threads as torch. Each is checked against ours (binary: bit-identical integer result) or
+torch's (fp32: float rounding) before it is timed, and the table gets the speed-up of the binary
+layer fed with float activations over each of them. Without OpenVINO those tests are skipped.
 """
 
 from __future__ import annotations
 
+import openvino_peer as peer
 import pytest
 import torch
 import torch.nn.functional as F
@@ -26,6 +34,9 @@ LAYERS = [
 TABLE = ("layers", "Binary 3x3 convolution vs torch fp32, batch 1, padding 1", "torch fp32")
 # (column, geometric-mean speed-up over torch fp32, minimum speed-up on every row)
 TARGET = ("binary (packed input)", 8.0, 5.0)
+OPENVINO_FP32, OPENVINO_BINARY = "OpenVINO fp32", "OpenVINO binary (float input)"
+# Like with like: both binary columns take float activations.
+VERSUS = (("binary (pack + conv)", OPENVINO_BINARY), ("binary (pack + conv)", OPENVINO_FP32))
 
 
 def layer_id(layer) -> str:
@@ -81,3 +92,25 @@ def test_binarize_pack_and_binary_conv(benchmark, record, layer):
 
     with torch.inference_mode():
         benchmark(binary_layer)
+
+
+@peer.requires_openvino
+@pytest.mark.benchmark(group="layers")
+def test_openvino_fp32(benchmark, record, layer):
+    shape, x, w, _, bias = layer
+    record(*TABLE, layer_id(shape), OPENVINO_FP32, versus=VERSUS)
+    size, stride = shape[2], shape[3]
+    run = peer.Runner(peer.compile_for_cpu(peer.float_conv_model(w, size, size, stride, 1, 1, bias)))
+    peer.check_float_conv(x, w, stride, 1, 1, bias, runner=run)
+    benchmark(run, x)
+
+
+@peer.requires_openvino
+@pytest.mark.benchmark(group="layers")
+def test_openvino_binary(benchmark, record, layer):
+    shape, x, w, scale, bias = layer
+    record(*TABLE, layer_id(shape), OPENVINO_BINARY, versus=VERSUS)
+    size, stride = shape[2], shape[3]
+    run = peer.Runner(peer.compile_for_cpu(peer.binary_conv_model(w, size, size, stride, 1, 1, scale, bias)))
+    peer.check_binary_conv(x, w, stride, 1, 1, scale, bias, runner=run)
+    benchmark(run, x)

@@ -8,6 +8,14 @@ the frozen refiner computes the condition cache once and reuses it in every step
 deployment case, which carries the 5x target.
 Columns: the real refiner in torch fp32 (baseline), the binary refiner in its training form
 (eval mode, packed kernels layer by layer) and the frozen binary refiner (``HiDiff.freeze``).
+With OpenVINO installed (the optional peer, ``pip install .[peers]``), one more: the same real
+refiner converted by ``openvino.convert_model`` and compiled for OpenVINO's CPU plugin in fp32
+with as many threads as torch (what a user who wants a fast real-valued refiner on a CPU would
+pick), checked against torch before it is timed, with the frozen binary refiner's speed-up over
+it; the refinement runs the same sampler with OpenVINO computing each refiner evaluation. The
+real refiner's zero-initialised parameters are filled with random values (a trained refiner has
+none at zero) so that this check sees every layer; values do not change what a dense fp32
+layer costs.
 
 With ``--benchmark-disable`` (the test suite's smoke run) the models are built at a small width
 and resolution, since nothing is measured then.
@@ -20,6 +28,7 @@ import os
 import subprocess
 import sys
 
+import openvino_peer as peer
 import pytest
 import torch
 
@@ -35,6 +44,8 @@ REFINEMENT_TABLE = (
 TARGET = ("frozen binary refiner", 5.0)
 STEPS = 10
 COLUMNS = ("real refiner torch fp32", "binary refiner (training form)", "frozen binary refiner")
+OPENVINO_COLUMN = "real refiner OpenVINO fp32"
+VERSUS = ((COLUMNS[2], OPENVINO_COLUMN),)
 
 
 def _config(request) -> tuple[int, int]:
@@ -42,14 +53,31 @@ def _config(request) -> tuple[int, int]:
     return (16, 64) if request.config.getoption("benchmark_disable") else (128, 256)
 
 
+def fill_zero_initialised(module: torch.nn.Module, seed: int = 0, std: float = 0.02) -> None:
+    """Fills every parameter of ``module`` that is all zeros (heads, LayerScales, time shifts, the
+    condition ResBlocks' last convs, BatchNorm biases) with N(0, std^2) values, in place, from its
+    own generator (the global torch RNG is left as it was)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            if not parameter.any():
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)
+
+
 def build(width: int, size: int, seed: int = 0):
-    """Real and binary HiDiff models with the same random refiner weights layout, and their inputs."""
+    """Real and binary HiDiff models with the same random refiner weights layout, and their inputs.
+
+    The real refiner's zero-initialised parameters are filled (:func:`fill_zero_initialised`), so
+    that its output depends on every layer (the OpenVINO check compares it).
+    """
     torch.manual_seed(seed)
     segmentor = UNet(3, 1, base_channels=width // 4)
     diffusion = BernoulliDiffusion(num_steps=STEPS)
     models = {}
     for binary in (False, True):
         refiner = BBDM(3, 1, model_channels=width, cond_channels=segmentor.feature_channels, binary=binary)
+        if not binary:
+            fill_zero_initialised(refiner, seed)
         models[binary] = HiDiff(segmentor, refiner, diffusion).eval()
     image = torch.randn(1, 3, size, size)
     with torch.inference_mode():
@@ -91,6 +119,49 @@ def test_refiner(benchmark, record, setting, column, full_chain):
     fn = _runner(column, models, frozen, image, prior, features, full_chain)
     with torch.inference_mode():
         fn()  # warm-up: first-call allocations and the packed-weight caches
+        benchmark.pedantic(fn, rounds=3, iterations=1)
+
+
+@pytest.fixture(scope="module")
+def openvino_refiner(setting) -> peer.Runner:
+    """The real refiner converted by ``openvino.convert_model`` and compiled for the CPU in fp32,
+    checked against the torch module at the first, a middle and the last visited timestep."""
+    _, _, models, _, image, prior, features = setting
+    refiner, timesteps = models[False].refiner, models[False].diffusion.timesteps(STEPS)
+    # Tracing cannot use inference tensors (the setting's are): ordinary copies as example inputs.
+    t = torch.full((1,), timesteps[0], dtype=torch.long)
+    example = (image.clone(), (prior > 0.5).float(), prior.clone(), t, [f.clone() for f in features])
+    runner = peer.Runner(peer.compile_for_cpu(peer.convert_refiner(refiner, *example)), copy_output=True)
+    checked = (timesteps[0], timesteps[len(timesteps) // 2], timesteps[-1])
+    peer.check_refiner(runner, refiner, image, prior, features, checked)
+    return runner
+
+
+@peer.requires_openvino
+@pytest.mark.benchmark(group="refiner")
+@pytest.mark.parametrize("full_chain", [False, True], ids=["forward", "refinement"])
+def test_refiner_openvino(benchmark, record, setting, openvino_refiner, full_chain):
+    width, size, models, _, image, prior, features = setting
+    what = f"{STEPS}-step DDIM refinement" if full_chain else "one refiner forward"
+    table = REFINEMENT_TABLE if full_chain else FORWARD_TABLE
+    record(*table, f"{what}, C={width}, {size}x{size}", OPENVINO_COLUMN, versus=VERSUS)
+
+    def denoise(y_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(openvino_refiner(*peer.flat_inputs(image, y_t, prior, t, features)))
+
+    if full_chain:
+        # The call HiDiff.refine_from_prior makes for a refiner that runs as it is (frozen=False).
+        def fn() -> torch.Tensor:
+            return models[False].diffusion.sample(denoise, prior, steps=STEPS, sampler="ddim", samples=1, seed=0)
+    else:
+        t = torch.full((1,), models[False].diffusion.timesteps(STEPS)[0], dtype=torch.long)
+        y_t = (prior > 0.5).float()
+
+        def fn() -> torch.Tensor:
+            return denoise(y_t, t)
+
+    with torch.inference_mode():
+        fn()  # warm-up: OpenVINO's first inference allocates its buffers
         benchmark.pedantic(fn, rounds=3, iterations=1)
 
 

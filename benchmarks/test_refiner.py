@@ -34,6 +34,7 @@ import torch
 
 from hidiff.diffusion import BernoulliDiffusion
 from hidiff.models import BBDM, HiDiff, UNet
+from hidiff.profiling import time_breakdown
 
 FORWARD_TABLE = ("refiner-forward", "Binary vs real refiner: one forward, batch 1, K = 1", "real refiner torch fp32")
 REFINEMENT_TABLE = (
@@ -176,6 +177,7 @@ def _peak_rss_mib(variant: str, width: int, size: int) -> float:
 import torch
 from hidiff.diffusion import BernoulliDiffusion
 from hidiff.models import BBDM, HiDiff, UNet
+from hidiff.profiling import time_breakdown
 torch.set_num_threads({torch.get_num_threads()})
 torch.manual_seed(0)
 segmentor = UNet(3, 1, base_channels={width} // 4)
@@ -250,3 +252,28 @@ def test_segment_default_runs_at_frozen_speed(benchmark, record, setting, column
     with torch.inference_mode():
         segment()  # warm-up: the default path freezes the refiner here, once
         benchmark.pedantic(segment, rounds=3, iterations=1)
+
+
+@pytest.mark.benchmark(group="refinement-profile")
+def test_frozen_refinement_profile(benchmark, record_metric, setting):
+    """Where a 10-step refinement of the frozen binary refiner spends its time, by operator group
+    (:func:`hidiff.profiling.time_breakdown`; one profiled run after a warm-up)."""
+    width, size, models, frozen, image, prior, features = setting
+    model = models[True]
+
+    def refine() -> torch.Tensor:
+        return model.refine_from_prior(image, prior, features, steps=STEPS, seed=0, frozen=frozen)
+
+    with torch.inference_mode():
+        refine()
+        breakdown = benchmark.pedantic(lambda: time_breakdown(refine), rounds=1, iterations=1)
+    table = (
+        "refinement-profile",
+        f"Where a {STEPS}-step DDIM refinement of the frozen binary refiner spends its time, C={width}, "
+        f"{size}x{size}, batch 1 (self time of the operators, one profiled run)",
+        "",
+    )
+    for group, seconds in breakdown.seconds.items():
+        record_metric(*table, group, "ms", seconds * 1e3)
+        record_metric(*table, group, "share of the operator time (%)", breakdown.shares()[group] * 100)
+    assert breakdown.seconds[next(iter(breakdown.seconds))] > 0

@@ -91,10 +91,7 @@ struct Avx2Kernel {
 
 }  // namespace
 
-void conv_tiles_avx2(const ConvPlan& plan, const uint32_t* planes, const uint32_t* w, const ConvEpilogue& epilogue,
-                     float* out, int64_t tile_begin, int64_t tile_end) {
-  detail::conv_tiles<Avx2Kernel>(plan, planes, w, epilogue, out, tile_begin, tile_end);
-}
+HIDIFF_DEFINE_CONV_ENTRY_POINTS(avx2, Avx2Kernel)
 
 }  // namespace hidiff::core
 HIDIFF_TARGET_END
@@ -102,9 +99,12 @@ HIDIFF_TARGET_END
 #else
 
 namespace hidiff::core {
-void conv_tiles_avx2(const ConvPlan& plan, const uint32_t* planes, const uint32_t* w, const ConvEpilogue& epilogue,
-                     float* out, int64_t tile_begin, int64_t tile_end) {
-  conv_tiles_portable(plan, planes, w, epilogue, out, tile_begin, tile_end);
+void conv_tap_popcount_avx2(const ConvPlan& plan, const uint32_t* w, int32_t* tap_popcount) {
+  conv_tap_popcount_portable(plan, w, tap_popcount);
+}
+void conv_tiles_avx2(const ConvPlan& plan, const ConvWeights& weights, const uint32_t* planes,
+                  const ConvEpilogue& epilogue, float* out, int64_t tile_begin, int64_t tile_end) {
+  conv_tiles_portable(plan, weights, planes, epilogue, out, tile_begin, tile_end);
 }
 }  // namespace hidiff::core
 

@@ -35,9 +35,6 @@ struct PortableKernel {
 
 }  // namespace
 
-void conv_tiles_portable(const ConvPlan& plan, const uint32_t* planes, const uint32_t* w,
-                         const ConvEpilogue& epilogue, float* out, int64_t tile_begin, int64_t tile_end) {
-  detail::conv_tiles<PortableKernel>(plan, planes, w, epilogue, out, tile_begin, tile_end);
-}
+HIDIFF_DEFINE_CONV_ENTRY_POINTS(portable, PortableKernel)
 
 }  // namespace hidiff::core

@@ -28,28 +28,22 @@ namespace {
 struct Tile {
   const ConvPlan* plan;
   const ConvEpilogue* ep;
-  const uint32_t* w;
+  const ConvWeights* weights;
   float* out;
   int64_t n;
 };
 
-// Count of an output whose receptive field leaves the image: only the taps inside count, and the
-// zero words read for the others added popcount(weight tap) disagreements that are taken back.
-inline int32_t border_count(const ConvPlan& p, int32_t disagree, int64_t o, int64_t oh, int64_t ow) {
-  const ConvShape& s = p.s;
-  int64_t taps = 0, spurious = 0;
-  const int32_t* pop = p.tap_popcount.data() + o * s.KH * s.KW;
-  for (int64_t kh = 0; kh < s.KH; ++kh) {
-    const bool row = p.row_valid[oh * s.KH + kh];
-    for (int64_t kw = 0; kw < s.KW; ++kw) {
-      if (row && p.col_valid[ow * s.KW + kw]) {
-        ++taps;
-      } else {
-        spurious += pop[kh * s.KW + kw];
-      }
+// Set bits of every weight tap, tap-major: tap_popcount[(kh * KW + kw) * O + o].
+inline void tap_popcount(const ConvPlan& p, const uint32_t* w, int32_t* tap_popcount) {
+  const int64_t taps = p.s.KH * p.s.KW;
+  for (int64_t o = 0; o < p.s.O; ++o) {
+    for (int64_t t = 0; t < taps; ++t) {
+      const uint32_t* words = w + (o * taps + t) * p.words;
+      int32_t count = 0;
+      for (int64_t j = 0; j < p.words; ++j) count += __builtin_popcount(words[j]);
+      tap_popcount[t * p.s.O + o] = count;
     }
   }
-  return static_cast<int32_t>(taps * s.C - 2 * (disagree - spurious));
 }
 
 // Which optional epilogue steps a call has, as the bits of a template argument: the epilogue loop
@@ -82,8 +76,15 @@ inline void finish_row(const Tile& t, const int32_t* D, int64_t o, int64_t oh, i
     lo = std::clamp(p.col_lo, ow_begin, ow_end);
     hi = std::clamp(p.col_hi, lo, ow_end);
   }
-  for (int64_t ow = ow_begin; ow < lo; ++ow) count[ow - ow_begin] = border_count(p, D[ow - ow_begin], o, oh, ow);
-  for (int64_t ow = hi; ow < ow_end; ++ow) count[ow - ow_begin] = border_count(p, D[ow - ow_begin], o, oh, ow);
+  // Border outputs: the taps inside and the spurious disagreements of the outside ones by class.
+  const int64_t row_class = p.row_class[oh] * p.col_classes;
+  const auto border = [&](int64_t ow) {
+    const int64_t c = row_class + p.col_class[ow];
+    const int32_t spurious = t.weights->spurious[c * p.s.O + o];
+    count[ow - ow_begin] = p.class_inside[c] - 2 * (D[ow - ow_begin] - spurious);
+  };
+  for (int64_t ow = ow_begin; ow < lo; ++ow) border(ow);
+  for (int64_t ow = hi; ow < ow_end; ++ow) border(ow);
 
   const int64_t row = ((t.n * p.s.O + o) * p.Ho + oh) * p.Wo + ow_begin;
   float* __restrict dst = t.out + row;
@@ -147,7 +148,7 @@ inline void run_block(const Tile& t, const uint32_t* x, int64_t m, int64_t o, co
   constexpr int64_t L = Kernel::kLanes;
   const ConvPlan& p = *t.plan;
   alignas(64) int32_t D[Q * L];
-  Kernel::template run<Q>(x + m, p.step_offset.data(), t.w + o * p.steps, p.steps, D);
+  Kernel::template run<Q>(x + m, p.step_offset.data(), t.weights->weights + o * p.steps, p.steps, D);
   for (int q = 0; q < Q; ++q) {
     for (int r = 0; r < nruns; ++r) {
       finish_row<kSteps>(t, D + q * L + (runs[r].first - m), o + q, runs[r].oh, runs[r].ow_begin, runs[r].ow_end);
@@ -156,7 +157,7 @@ inline void run_block(const Tile& t, const uint32_t* x, int64_t m, int64_t o, co
 }
 
 template <class Kernel, int kSteps>
-void conv_tiles_with(const ConvPlan& p, const uint32_t* planes, const uint32_t* w, const ConvEpilogue& ep,
+void conv_tiles_with(const ConvPlan& p, const ConvWeights& w, const uint32_t* planes, const ConvEpilogue& ep,
                      float* out, int64_t tile_begin, int64_t tile_end) {
   constexpr int Q = Kernel::kChannels;
   const int64_t channel_tiles = (p.s.O + kChannelTile - 1) / kChannelTile;
@@ -167,7 +168,7 @@ void conv_tiles_with(const ConvPlan& p, const uint32_t* planes, const uint32_t* 
     const int64_t n = tile / (channel_tiles * lane_tiles);
     const int64_t o_begin = ct * kChannelTile, o_end = std::min(p.s.O, o_begin + kChannelTile);
     const int64_t m_begin = lt * kLaneTile, m_end = m_begin + kLaneTile;
-    const Tile t{&p, &ep, w, out, n};
+    const Tile t{&p, &ep, &w, out, n};
     const uint32_t* x = planes + n * p.planes_per_sample() * p.plane;
     // The runs of every lane block of the tile (each lane starts at most one run).
     constexpr int64_t kBlocks = kLaneTile / Kernel::kLanes;
@@ -202,15 +203,26 @@ void conv_tiles_with(const ConvPlan& p, const uint32_t* planes, const uint32_t* 
 
 // Runs conv_tiles_with for the epilogue steps of ep (one instantiation per combination).
 template <class Kernel, int kSteps = 0>
-void conv_tiles(const ConvPlan& p, const uint32_t* planes, const uint32_t* w, const ConvEpilogue& ep, float* out,
+void conv_tiles(const ConvPlan& p, const ConvWeights& w, const uint32_t* planes, const ConvEpilogue& ep, float* out,
                 int64_t tile_begin, int64_t tile_end) {
   if constexpr (kSteps < kAllSteps) {
     if (epilogue_step_bits(ep) == kSteps) {
-      return conv_tiles_with<Kernel, kSteps>(p, planes, w, ep, out, tile_begin, tile_end);
+      return conv_tiles_with<Kernel, kSteps>(p, w, planes, ep, out, tile_begin, tile_end);
     }
-    conv_tiles<Kernel, kSteps + 1>(p, planes, w, ep, out, tile_begin, tile_end);
+    conv_tiles<Kernel, kSteps + 1>(p, w, planes, ep, out, tile_begin, tile_end);
   }
 }
 
 }  // namespace
 }  // namespace hidiff::core::detail
+
+// Defines the entry points conv_tap_popcount_<isa> and conv_tiles_<isa> of binary_conv.h with this
+// source's instruction set and micro-kernel (inside namespace hidiff::core).
+#define HIDIFF_DEFINE_CONV_ENTRY_POINTS(isa, Kernel)                                                          \
+  void conv_tap_popcount_##isa(const ConvPlan& plan, const uint32_t* w, int32_t* tap_popcount) {              \
+    detail::tap_popcount(plan, w, tap_popcount);                                                             \
+  }                                                                                                          \
+  void conv_tiles_##isa(const ConvPlan& plan, const ConvWeights& weights, const uint32_t* planes,             \
+                        const ConvEpilogue& epilogue, float* out, int64_t tile_begin, int64_t tile_end) {    \
+    detail::conv_tiles<Kernel>(plan, weights, planes, epilogue, out, tile_begin, tile_end);                   \
+  }

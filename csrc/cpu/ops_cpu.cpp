@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <memory>
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -60,16 +61,21 @@ at::Tensor pack_weight_cpu(const at::Tensor& w) {
   return binarize_pack_cpu(w.contiguous(), std::nullopt);
 }
 
-// Runs the convolution into out (N, O, Ho, Wo) float32: plan, input planes, then the tiles.
+// Runs the convolution into out (N, O, Ho, Wo) float32: plan, weights, input planes, then the tiles.
 void run_conv(const core::ConvShape& s, const at::Tensor& x_packed, const at::Tensor& w_packed,
               const core::ConvEpilogue& epilogue, at::Tensor& out) {
   if (out.numel() == 0) return;
   const at::Tensor x = x_packed.contiguous();
   const at::Tensor w = w_packed.contiguous();
-  const core::ConvPlan plan = core::make_conv_plan(s, words_of(w));
-  // The word planes are rebuilt by every call. A grow-only buffer per calling thread avoids the
-  // first-touch page faults of a fresh allocation (megabytes at the refiner's resolutions);
-  // calls never nest on one thread.
+  const std::shared_ptr<const core::ConvPlan> plan_ref = core::conv_plan_for(s);
+  const core::ConvPlan& plan = *plan_ref;
+  // The weight tables and the word planes are rebuilt by every call into grow-only buffers of the
+  // calling thread: no allocation per call, and no first-touch page faults of fresh megabytes at
+  // the refiner's resolutions. Calls never nest on one thread. (The workers must get the caller's
+  // buffers through references: inside the lambdas the names would mean the workers' own.)
+  static thread_local core::ConvWeights weights_of_thread;
+  const core::ConvWeights& weights = weights_of_thread;
+  core::conv_prepare_weights(plan, words_of(w), weights_of_thread);
   static thread_local std::vector<uint32_t> scratch;
   const auto scratch_words = static_cast<size_t>(plan.scratch_words());
   if (scratch.size() < scratch_words) scratch.resize(scratch_words);
@@ -82,7 +88,7 @@ void run_conv(const core::ConvShape& s, const at::Tensor& x_packed, const at::Te
   });
   float* out_ptr = out.data_ptr<float>();
   at::parallel_for(0, plan.num_tiles(), 1, [&](int64_t begin, int64_t end) {
-    core::conv_tiles(plan, planes_ptr, words_of(w), epilogue, out_ptr, begin, end);
+    core::conv_tiles(plan, weights, planes_ptr, epilogue, out_ptr, begin, end);
   });
 }
 

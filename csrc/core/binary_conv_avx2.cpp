@@ -45,12 +45,13 @@ inline void csa(__m256i& high, __m256i& low, __m256i a, __m256i b, __m256i c) {
 }
 
 struct Avx2Kernel {
+  static constexpr int kVectors = 1;
   static constexpr int64_t kLanes = 8;
   static constexpr int kChannels = 1;
 
-  template <int Q>
+  template <int Q, int P>
   static void run(const uint32_t* x, const int64_t* offsets, const uint32_t* w, int64_t steps, int32_t* D) {
-    static_assert(Q == 1, "the AVX2 kernel computes one output channel per call");
+    static_assert(Q == 1 && P == 1, "the AVX2 kernel computes one vector of one output channel per call");
     const auto word = [&](int64_t k) {
       const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + offsets[k]));
       return _mm256_xor_si256(a, _mm256_set1_epi32(static_cast<int>(w[k])));

@@ -9,11 +9,14 @@
 // source includes before its target pragma: their inline functions are thus baseline code in
 // every source, and inlining them into the ISA-specific loops is always allowed.
 //
-// A Kernel provides kLanes (lanes of one block, a divisor of kLaneTile), kChannels (Q) and
-//   template <int Q> static void run(const uint32_t* x, const int64_t* offsets, const uint32_t* w,
-//                                    int64_t steps, int32_t* D);
+// A Kernel provides kLanes (lanes of one block, a divisor of kLaneTile) in kVectors vectors,
+// kChannels (Q) and
+//   template <int Q, int P> static void run(const uint32_t* x, const int64_t* offsets, const uint32_t* w,
+//                                           int64_t steps, int32_t* D);
 // which sets D[q * kLanes + i] = sum over k < steps of popcount(x[offsets[k] + i] ^ w[q * steps + k])
-// for the block's lanes i: the disagreeing bits of kLanes pixels against Q output channels.
+// for the lanes i of the block's first P vectors: the disagreeing bits of those pixels against Q
+// output channels. P < kVectors serves the last block of a small map, whose later vectors would
+// only hold lanes past the grid.
 #pragma once
 
 #include <algorithm>
@@ -143,17 +146,27 @@ inline void pack_outputs(const Tile& t, int64_t o_begin, int64_t o_end, int64_t 
   });
 }
 
-template <class Kernel, int kSteps, int Q>
+template <class Kernel, int kSteps, int Q, int P>
 inline void run_block(const Tile& t, const uint32_t* x, int64_t m, int64_t o, const Run* runs, int nruns) {
   constexpr int64_t L = Kernel::kLanes;
   const ConvPlan& p = *t.plan;
   alignas(64) int32_t D[Q * L];
-  Kernel::template run<Q>(x + m, p.step_offset.data(), t.weights->weights + o * p.steps, p.steps, D);
+  Kernel::template run<Q, P>(x + m, p.step_offset.data(), t.weights->weights + o * p.steps, p.steps, D);
   for (int q = 0; q < Q; ++q) {
     for (int r = 0; r < nruns; ++r) {
       finish_row<kSteps>(t, D + q * L + (runs[r].first - m), o + q, runs[r].oh, runs[r].ow_begin, runs[r].ow_end);
     }
   }
+}
+
+// run_block with the first `vectors` lane vectors of the block (at least one, at most P).
+template <class Kernel, int kSteps, int Q, int P = Kernel::kVectors>
+inline void run_block_vectors(const Tile& t, const uint32_t* x, int64_t m, int64_t o, const Run* runs, int nruns,
+                              int64_t vectors) {
+  if constexpr (P > 1) {
+    if (vectors < P) return run_block_vectors<Kernel, kSteps, Q, P - 1>(t, x, m, o, runs, nruns, vectors);
+  }
+  run_block<Kernel, kSteps, Q, P>(t, x, m, o, runs, nruns);
 }
 
 template <class Kernel, int kSteps>
@@ -172,14 +185,20 @@ void conv_tiles_with(const ConvPlan& p, const ConvWeights& w, const uint32_t* pl
     const uint32_t* x = planes + n * p.planes_per_sample() * p.plane;
     // The runs of every lane block of the tile (each lane starts at most one run).
     constexpr int64_t kBlocks = kLaneTile / Kernel::kLanes;
+    // The lane vectors a block needs: up to its last valid lane.
+    constexpr int64_t kVectorLanes = Kernel::kLanes / Kernel::kVectors;
     Run runs[kBlocks][Kernel::kLanes];
     int nruns[kBlocks];
+    int64_t vectors[kBlocks];
     int64_t blocks = 0;
     for (int64_t m = m_begin; m < m_end && m < p.Ho * p.Wq; m += Kernel::kLanes, ++blocks) {
       nruns[blocks] = 0;
+      int64_t used = 0;
       for_each_run(p, m, m + Kernel::kLanes, [&](int64_t oh, int64_t ow_begin, int64_t ow_end, int64_t first) {
         runs[blocks][nruns[blocks]++] = Run{oh, ow_begin, ow_end, first};
+        used = first + (ow_end - ow_begin) - m;
       });
+      vectors[blocks] = (used + kVectorLanes - 1) / kVectorLanes;
     }
     // Channel groups outside, lane blocks inside: the outputs (and residuals) of a group are then
     // written (read) as a few sequential streams that the hardware prefetches, while the tile's
@@ -187,7 +206,8 @@ void conv_tiles_with(const ConvPlan& p, const ConvWeights& w, const uint32_t* pl
     const auto sweep = [&](auto channels, int64_t o) {
       constexpr int kGroup = decltype(channels)::value;
       for (int64_t b = 0; b < blocks; ++b) {
-        run_block<Kernel, kSteps, kGroup>(t, x, m_begin + b * Kernel::kLanes, o, runs[b], nruns[b]);
+        run_block_vectors<Kernel, kSteps, kGroup>(t, x, m_begin + b * Kernel::kLanes, o, runs[b], nruns[b],
+                                                  vectors[b]);
       }
     };
     int64_t o = o_begin;

@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "../core/conv_timing.h"
 #include "../core/cpu_features.h"
 #include "../core/popcount_peak.h"
 #include "output_cache.h"
@@ -87,4 +88,29 @@ PYBIND11_MODULE(_C, m) {
       py::arg("iterations"),
       "Runs the register-only XOR + popcount + add loop of the active path on this thread; returns "
       "(binary MACs performed, checksum). Time it to get the per-core popcount limit.");
+  m.def(
+      "conv_stage_times",
+      [](int64_t in_channels, int64_t out_channels, int64_t height, int64_t width, int64_t kernel, int64_t stride,
+         int64_t padding, int64_t reps) {
+        if (in_channels <= 0 || out_channels <= 0 || height <= 0 || width <= 0 || kernel <= 0 || stride <= 0 ||
+            padding < 0 || reps <= 0)
+          throw py::value_error("conv_stage_times needs positive sizes, stride and reps and a non-negative padding");
+        const ConvShape s{1, height, width, in_channels, out_channels, kernel, kernel, stride, stride,
+                          padding, padding, 1, 1};
+        if (s.out_h() <= 0 || s.out_w() <= 0) throw py::value_error("conv_stage_times: the output would be empty");
+        ConvStageTimes t;
+        {
+          py::gil_scoped_release release;
+          t = time_conv_stages(s, static_cast<int>(reps));
+        }
+        return std::map<std::string, double>{{"plan_build", t.plan_build},
+                                             {"plan_cached", t.plan_cached},
+                                             {"weights", t.weights},
+                                             {"input", t.input},
+                                             {"tiles", t.tiles}};
+      },
+      py::arg("in_channels"), py::arg("out_channels"), py::arg("height"), py::arg("width"), py::arg("kernel"),
+      py::arg("stride"), py::arg("padding"), py::arg("reps"),
+      "Microseconds per call of each stage of a batch-1 binary convolution (plan_build, plan_cached, weights, "
+      "input, tiles) on this thread, without torch, on random operands (median of 7 rounds of `reps` calls).");
 }

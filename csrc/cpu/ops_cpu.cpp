@@ -30,6 +30,22 @@ using common::packed_words;
 
 const uint32_t* words_of(const at::Tensor& t) { return reinterpret_cast<const uint32_t*>(t.data_ptr<int32_t>()); }
 
+// Smallest share of work worth a thread of its own. Starting a parallel region costs about 1.5 us
+// on the 2-core benchmark machine when the workers are spinning (binarize_pack of 2 rows, 2 threads
+// against 1, python -m hidiff_kernels.overhead), and much more when they have to be woken or the
+// host is busy; below a few times that, splitting the work is slower than doing it on the calling
+// thread. So every chunk is at least this big: about 5 us of packing, and 8 us of convolution
+// tiles at 1 T bit-MAC/s.
+constexpr int64_t kParallelPackValues = 16384;   // float values binarised and packed
+constexpr int64_t kParallelConvBits = 1 << 23;   // binary MACs (lanes computed x channels x bits)
+
+// Grain for at::parallel_for over `items` items of `work` units in all, so that each chunk has at
+// least `min_work` units (and a small call runs on the calling thread alone).
+int64_t grain_for(int64_t items, int64_t work, int64_t min_work) {
+  const int64_t per_item = std::max<int64_t>(1, work / std::max<int64_t>(items, 1));
+  return std::max<int64_t>(1, (min_work + per_item - 1) / per_item);
+}
+
 at::Tensor binarize_pack_cpu(const at::Tensor& x, const std::optional<at::Tensor>& threshold) {
   const glue::BinarizeThreshold thr = glue::check_binarize_args(x, threshold, at::kCPU);
   if (x.scalar_type() == at::kDouble) return binarize_pack_cpu(glue::float64_signs(x, threshold), std::nullopt);
@@ -43,12 +59,13 @@ at::Tensor binarize_pack_cpu(const at::Tensor& x, const std::optional<at::Tensor
   const at::Tensor xf = x.to(at::kFloat).contiguous(channels_last ? at::MemoryFormat::ChannelsLast
                                                                     : at::MemoryFormat::Contiguous);
   const float* src = xf.data_ptr<float>();
+  const int64_t values = N * C * H * W;
   if (channels_last) {
-    at::parallel_for(0, N * H * W, 1024, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, N * H * W, grain_for(N * H * W, values, kParallelPackValues), [&](int64_t begin, int64_t end) {
       core::binarize_pack_nhwc(src, thr_ptr, thr.stride_n, C, H, W, dst, begin, end);
     });
   } else {
-    at::parallel_for(0, N * H, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, N * H, grain_for(N * H, values, kParallelPackValues), [&](int64_t begin, int64_t end) {
       core::binarize_pack_nchw(src, thr_ptr, thr.stride_n, C, H, W, dst, begin, end);
     });
   }
@@ -87,7 +104,9 @@ void run_conv(const core::ConvShape& s, const at::Tensor& x_packed, const at::Te
     core::conv_prepare_input(plan, words_of(x), planes_ptr, begin, end);
   });
   float* out_ptr = out.data_ptr<float>();
-  at::parallel_for(0, plan.num_tiles(), 1, [&](int64_t begin, int64_t end) {
+  const int64_t bits = s.N * plan.Ho * plan.Wq * s.O * plan.steps * 32;
+  at::parallel_for(0, plan.num_tiles(), grain_for(plan.num_tiles(), bits, kParallelConvBits), [&](int64_t begin,
+                                                                                                 int64_t end) {
     core::conv_tiles(plan, weights, planes_ptr, epilogue, out_ptr, begin, end);
   });
 }

@@ -151,6 +151,19 @@ inline void run_block(const Tile& t, const uint32_t* x, int64_t m, int64_t o, co
   constexpr int64_t L = Kernel::kLanes;
   const ConvPlan& p = *t.plan;
   alignas(64) int32_t D[Q * L];
+  // The output (and residual) lines the block's epilogue will touch, requested before the
+  // popcounts so that they arrive while those run: written on arrival, a block's Q channel rows
+  // (a plane apart) waited for memory about as long as the popcounts took at 128->128 256x256.
+  for (int q = 0; q < Q; ++q) {
+    for (int r = 0; r < nruns; ++r) {
+      const int64_t row = ((t.n * p.s.O + o + q) * p.Ho + runs[r].oh) * p.Wo;
+      for (int64_t ow = runs[r].ow_begin; ow < runs[r].ow_end + 16; ow += 16) {
+        const int64_t at = row + std::min(ow, runs[r].ow_end - 1);
+        __builtin_prefetch(t.out + at, 1);
+        if (t.ep->residual) __builtin_prefetch(t.ep->residual + at, 0);
+      }
+    }
+  }
   Kernel::template run<Q, P>(x + m, p.step_offset.data(), t.weights->weights + o * p.steps, p.steps, D);
   for (int q = 0; q < Q; ++q) {
     for (int r = 0; r < nruns; ++r) {

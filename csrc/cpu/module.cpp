@@ -3,6 +3,9 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <ATen/Parallel.h>
+
+#include <atomic>
 #include <map>
 #include <stdexcept>
 #include <string>
@@ -88,6 +91,26 @@ PYBIND11_MODULE(_C, m) {
       py::arg("iterations"),
       "Runs the register-only XOR + popcount + add loop of the active path on this thread; returns "
       "(binary MACs performed, checksum). Time it to get the per-core popcount limit.");
+  m.def(
+      "popcount_peak_all_threads",
+      [](int64_t iterations) {
+        if (iterations <= 0) throw py::value_error("iterations must be positive, got " + std::to_string(iterations));
+        const int64_t threads = at::get_num_threads();
+        std::atomic<int64_t> bits{0};
+        {
+          py::gil_scoped_release release;
+          // One chunk per thread, all at once: the limit of the threads together, which is less than
+          // threads x the per-core limit when they share a core's execution ports.
+          at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
+            uint64_t checksum = 0;
+            for (int64_t i = begin; i < end; ++i) bits += popcount_peak(iterations, &checksum);
+          });
+        }
+        return bits.load();
+      },
+      py::arg("iterations"),
+      "Runs the register-only loop of popcount_peak `iterations` times on each of torch's threads at once; "
+      "returns the binary MACs performed in all. Time it to get the limit of all threads together.");
   m.def(
       "conv_stage_times",
       [](int64_t in_channels, int64_t out_channels, int64_t height, int64_t width, int64_t kernel, int64_t stride,

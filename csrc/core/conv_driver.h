@@ -64,41 +64,6 @@ constexpr common::EpilogueSteps steps_of_bits(int bits) {
   return {(bits & kScale) != 0, (bits & kBias) != 0, (bits & kResidual) != 0, (bits & kActivation) != 0};
 }
 
-// Outputs (n, o, oh, ow) for ow in [ow_begin, ow_end) from their disagreement counts D[ow - ow_begin],
-// in one pass: count, * scale, + bias, + residual, TA, in the reference's float32 order.
-template <int kSteps>
-inline void finish_row(const Tile& t, const int32_t* D, int64_t o, int64_t oh, int64_t ow_begin, int64_t ow_end) {
-  const ConvPlan& p = *t.plan;
-  const ConvEpilogue& ep = *t.ep;
-  const int64_t len = ow_end - ow_begin;
-  int32_t count[kLaneTile];
-  const int32_t full = static_cast<int32_t>(p.s.KH * p.s.KW * p.s.C);
-  for (int64_t i = 0; i < len; ++i) count[i] = full - 2 * D[i];
-  int64_t lo = ow_end, hi = ow_end;  // interior columns [lo, hi) of this run
-  if (p.row_full[oh]) {
-    lo = std::clamp(p.col_lo, ow_begin, ow_end);
-    hi = std::clamp(p.col_hi, lo, ow_end);
-  }
-  // Border outputs: the taps inside and the spurious disagreements of the outside ones by class.
-  const int64_t row_class = p.row_class[oh] * p.col_classes;
-  const auto border = [&](int64_t ow) {
-    const int64_t c = row_class + p.col_class[ow];
-    const int32_t spurious = t.weights->spurious[c * p.s.O + o];
-    count[ow - ow_begin] = p.class_inside[c] - 2 * (D[ow - ow_begin] - spurious);
-  };
-  for (int64_t ow = ow_begin; ow < lo; ++ow) border(ow);
-  for (int64_t ow = hi; ow < ow_end; ++ow) border(ow);
-
-  const int64_t row = ((t.n * p.s.O + o) * p.Ho + oh) * p.Wo + ow_begin;
-  float* __restrict dst = t.out + row;
-  constexpr common::EpilogueSteps steps = steps_of_bits(kSteps);
-  const float* __restrict res = steps.residual ? ep.residual + row : nullptr;
-  const common::ChannelOperands operands = common::channel_operands(ep, steps, t.n, o, p.s.O);
-  for (int64_t i = 0; i < len; ++i) {
-    dst[i] = common::epilogue_value(count[i], steps, operands, steps.residual ? res[i] : 0.f);
-  }
-}
-
 // A run of valid outputs: row oh, columns [ow_begin, ow_end), starting at lane first.
 struct Run {
   int64_t oh, ow_begin, ow_end, first;
@@ -146,6 +111,56 @@ inline void pack_outputs(const Tile& t, int64_t o_begin, int64_t o_end, int64_t 
   });
 }
 
+// The outputs of channel o at the block's `kUsed` lanes from m, from their disagreement counts D
+// (lane order), in one pass: count, * scale, + bias, + residual, TA, in the reference's float32
+// order. Every lane is computed at once in a fixed-length loop that vectorises without remainder,
+// lanes that are not outputs included (they are dropped); then each run of valid outputs is copied
+// to its row. Small maps have runs of a few outputs, and a pass per run cost as much as the
+// popcounts at 512->512 8x8.
+template <int kSteps, int64_t kUsed>
+inline void finish_block(const Tile& t, const int32_t* D, int64_t m, int64_t o, const Run* runs, int nruns) {
+  const ConvPlan& p = *t.plan;
+  const ConvEpilogue& ep = *t.ep;
+  constexpr common::EpilogueSteps steps = steps_of_bits(kSteps);
+  alignas(64) int32_t count[kUsed];
+  const int32_t full = static_cast<int32_t>(p.s.KH * p.s.KW * p.s.C);
+  for (int64_t i = 0; i < kUsed; ++i) count[i] = full - 2 * D[i];
+  // Border outputs: the taps inside and the spurious disagreements of the outside ones by class.
+  const int32_t* spurious = t.weights->spurious.data() + o;
+  alignas(64) float residual[steps.residual ? kUsed : 1];
+  if constexpr (steps.residual) std::fill(residual, residual + kUsed, 0.f);
+  for (int r = 0; r < nruns; ++r) {
+    const Run& run = runs[r];
+    int32_t* run_count = count + (run.first - m) - run.ow_begin;  // indexed by ow
+    int64_t lo = run.ow_end, hi = run.ow_end;                      // interior columns [lo, hi)
+    if (p.row_full[run.oh]) {
+      lo = std::clamp(p.col_lo, run.ow_begin, run.ow_end);
+      hi = std::clamp(p.col_hi, lo, run.ow_end);
+    }
+    const int64_t row_class = p.row_class[run.oh] * p.col_classes;
+    const auto border = [&](int64_t ow) {
+      const int64_t c = row_class + p.col_class[ow];
+      run_count[ow] = p.class_inside[c] - 2 * (D[(run.first - m) + (ow - run.ow_begin)] - spurious[c * p.s.O]);
+    };
+    for (int64_t ow = run.ow_begin; ow < lo; ++ow) border(ow);
+    for (int64_t ow = hi; ow < run.ow_end; ++ow) border(ow);
+    if constexpr (steps.residual) {
+      const int64_t row = ((t.n * p.s.O + o) * p.Ho + run.oh) * p.Wo + run.ow_begin;
+      std::copy_n(ep.residual + row, run.ow_end - run.ow_begin, residual + (run.first - m));
+    }
+  }
+  const common::ChannelOperands operands = common::channel_operands(ep, steps, t.n, o, p.s.O);
+  alignas(64) float value[kUsed];
+  for (int64_t i = 0; i < kUsed; ++i) {
+    value[i] = common::epilogue_value(count[i], steps, operands, steps.residual ? residual[i] : 0.f);
+  }
+  for (int r = 0; r < nruns; ++r) {
+    const Run& run = runs[r];
+    const int64_t row = ((t.n * p.s.O + o) * p.Ho + run.oh) * p.Wo + run.ow_begin;
+    std::copy_n(value + (run.first - m), run.ow_end - run.ow_begin, t.out + row);
+  }
+}
+
 template <class Kernel, int kSteps, int Q, int P>
 inline void run_block(const Tile& t, const uint32_t* x, int64_t m, int64_t o, const Run* runs, int nruns) {
   constexpr int64_t L = Kernel::kLanes;
@@ -165,11 +180,7 @@ inline void run_block(const Tile& t, const uint32_t* x, int64_t m, int64_t o, co
     }
   }
   Kernel::template run<Q, P>(x + m, p.step_offset.data(), t.weights->weights + o * p.steps, p.steps, D);
-  for (int q = 0; q < Q; ++q) {
-    for (int r = 0; r < nruns; ++r) {
-      finish_row<kSteps>(t, D + q * L + (runs[r].first - m), o + q, runs[r].oh, runs[r].ow_begin, runs[r].ow_end);
-    }
-  }
+  for (int q = 0; q < Q; ++q) finish_block<kSteps, L / Kernel::kVectors * P>(t, D + q * L, m, o + q, runs, nruns);
 }
 
 // run_block with the first `vectors` lane vectors of the block (at least one, at most P).

@@ -177,15 +177,23 @@ void conv_prepare_input(const ConvPlan& p, const uint32_t* x, uint32_t* planes, 
     const int64_t iph = ih + s.pad_h, ph = iph % s.stride_h, qh = iph / s.stride_h;
     if (qh * p.Wq >= p.plane) continue;  // no output reads this row
     uint32_t* sample = planes + n * p.planes_per_sample() * p.plane;
-    for (int64_t iw = 0; iw < s.W; ++iw) {
-      const int64_t ipw = iw + s.pad_w, pw = ipw % s.stride_w, qw = ipw / s.stride_w;
-      if (qw >= p.Wq) continue;
-      const int64_t at = qh * p.Wq + qw;
-      if (at >= p.plane) continue;
-      const uint32_t* src = x + (r * s.W + iw) * p.words;
+    const uint32_t* row = x + r * s.W * p.words;
+    // The columns of one column phase pw ((iw + pad_w) % stride_w == pw) land side by side in a
+    // plane row from qw0 = (iw0 + pad_w) / stride_w on: each word j is one strided gather into
+    // contiguous words, with no division per pixel. Columns at qw >= Wq (or past the plane) are
+    // read by no output.
+    for (int64_t pw = 0; pw < s.stride_w; ++pw) {
+      const int64_t iw0 = ((pw - s.pad_w) % s.stride_w + s.stride_w) % s.stride_w;
+      if (iw0 >= s.W) continue;
+      const int64_t qw0 = (iw0 + s.pad_w) / s.stride_w;
+      const int64_t at0 = qh * p.Wq + qw0;
+      const int64_t count = std::min({(s.W - 1 - iw0) / s.stride_w + 1, p.Wq - qw0, p.plane - at0});
+      const int64_t step = s.stride_w * p.words;
       for (int64_t j = 0; j < p.words; ++j) {
-        const uint32_t word = j + 1 == p.words ? src[j] & tail : src[j];
-        sample[((j * s.stride_h + ph) * s.stride_w + pw) * p.plane + at] = word;
+        uint32_t* dst = sample + ((j * s.stride_h + ph) * s.stride_w + pw) * p.plane + at0;
+        const uint32_t* src = row + iw0 * p.words + j;
+        const uint32_t mask = j + 1 == p.words ? tail : ~0u;
+        for (int64_t k = 0; k < count; ++k) dst[k] = src[k * step] & mask;
       }
     }
   }

@@ -34,6 +34,10 @@ struct Tile {
   const ConvWeights* weights;
   float* out;
   int64_t n;
+  int64_t o_begin, m_begin;  // first channel and lane of the tile
+  // When packing: the binarised outputs of the tile's lanes, packed_bits[(o - o_begin) / 32 *
+  // kLaneTile + lane - m_begin], filled by the epilogue and written out by pack_outputs.
+  uint32_t* packed_bits;
 };
 
 // Set bits of every weight tap, tap-major: tap_popcount[(kh * KW + kw) * O + o].
@@ -86,27 +90,16 @@ inline void for_each_run(const ConvPlan& p, int64_t m_begin, int64_t m_end, Fn&&
   }
 }
 
-// Binarises the finished outputs of channels [o_begin, o_end) (whole packed words) at the lanes
-// [m_begin, m_end) and writes their packed words.
-inline void pack_outputs(const Tile& t, int64_t o_begin, int64_t o_end, int64_t m_begin, int64_t m_end) {
+// Writes the packed words of the tile's valid outputs from t.packed_bits (channels [o_begin, o_end),
+// whole packed words, lanes [m_begin, m_end)).
+inline void pack_outputs(const Tile& t, int64_t o_end, int64_t m_end) {
   const ConvPlan& p = *t.plan;
-  const ConvEpilogue& ep = *t.ep;
-  const int64_t O = p.s.O, out_words = common::packed_words(O);
-  uint32_t bits[kLaneTile];
-  for_each_run(p, m_begin, m_end, [&](int64_t oh, int64_t ow_begin, int64_t ow_end, int64_t) {
-    const int64_t len = ow_end - ow_begin;
-    for (int64_t j = o_begin / 32; j * 32 < o_end; ++j) {
-      std::fill(bits, bits + len, 0u);
-      for (int64_t o = j * 32; o < std::min(O, j * 32 + 32); ++o) {
-        const float* row = t.out + ((t.n * O + o) * p.Ho + oh) * p.Wo + ow_begin;
-        const float thr = common::output_threshold(ep, t.n, o);
-        const int shift = static_cast<int>(o - j * 32);
-        for (int64_t i = 0; i < len; ++i) {
-          bits[i] |= static_cast<uint32_t>(common::packed_bit(row[i], thr)) << shift;
-        }
-      }
-      uint32_t* dst = ep.packed + ((t.n * p.Ho + oh) * p.Wo + ow_begin) * out_words + j;
-      for (int64_t i = 0; i < len; ++i) dst[i * out_words] = bits[i];
+  const int64_t out_words = common::packed_words(p.s.O);
+  for_each_run(p, t.m_begin, m_end, [&](int64_t oh, int64_t ow_begin, int64_t ow_end, int64_t first) {
+    uint32_t* dst = t.ep->packed + ((t.n * p.Ho + oh) * p.Wo + ow_begin) * out_words;
+    for (int64_t j = t.o_begin / 32; j * 32 < o_end; ++j) {
+      const uint32_t* bits = t.packed_bits + (j - t.o_begin / 32) * kLaneTile + (first - t.m_begin);
+      for (int64_t i = 0; i < ow_end - ow_begin; ++i) dst[i * out_words + j] = bits[i];
     }
   });
 }
@@ -159,6 +152,14 @@ inline void finish_block(const Tile& t, const int32_t* D, int64_t m, int64_t o, 
     const int64_t row = ((t.n * p.s.O + o) * p.Ho + run.oh) * p.Wo + run.ow_begin;
     std::copy_n(value + (run.first - m), run.ow_end - run.ow_begin, t.out + row);
   }
+  // The next layer's binarisation, while the values are at hand (lanes that are not outputs too,
+  // never written out).
+  if (t.packed_bits) {
+    const float threshold = common::output_threshold(ep, t.n, o);
+    const uint32_t shift = static_cast<uint32_t>((o - t.o_begin) % 32);
+    uint32_t* bits = t.packed_bits + (o - t.o_begin) / 32 * kLaneTile + (m - t.m_begin);
+    for (int64_t i = 0; i < kUsed; ++i) bits[i] |= static_cast<uint32_t>(common::packed_bit(value[i], threshold)) << shift;
+  }
 }
 
 template <class Kernel, int kSteps, int Q, int P>
@@ -205,7 +206,9 @@ void conv_tiles_with(const ConvPlan& p, const ConvWeights& w, const uint32_t* pl
     const int64_t n = tile / (channel_tiles * lane_tiles);
     const int64_t o_begin = ct * kChannelTile, o_end = std::min(p.s.O, o_begin + kChannelTile);
     const int64_t m_begin = lt * kLaneTile, m_end = m_begin + kLaneTile;
-    const Tile t{&p, &ep, &w, out, n};
+    alignas(64) uint32_t packed_bits[kChannelTile / 32 * kLaneTile];
+    if (ep.packed) std::fill(packed_bits, packed_bits + kChannelTile / 32 * kLaneTile, 0u);
+    const Tile t{&p, &ep, &w, out, n, o_begin, m_begin, ep.packed ? packed_bits : nullptr};
     const uint32_t* x = planes + n * p.planes_per_sample() * p.plane;
     // The runs of every lane block of the tile (each lane starts at most one run).
     constexpr int64_t kBlocks = kLaneTile / Kernel::kLanes;
@@ -241,7 +244,7 @@ void conv_tiles_with(const ConvPlan& p, const ConvWeights& w, const uint32_t* pl
       for (; o + 4 <= o_end; o += 4) sweep(std::integral_constant<int, 4>{}, o);
     }
     for (; o < o_end; ++o) sweep(std::integral_constant<int, 1>{}, o);
-    if (ep.packed) pack_outputs(t, o_begin, o_end, m_begin, m_end);
+    if (ep.packed) pack_outputs(t, o_end, m_end);
   }
 }
 

@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <memory>
 #include <optional>
 #include <tuple>
@@ -40,10 +41,11 @@ constexpr int64_t kParallelPackValues = 16384;   // float values binarised and p
 constexpr int64_t kParallelConvBits = 1 << 23;   // binary MACs (lanes computed x channels x bits)
 
 // Grain for at::parallel_for over `items` items of `work` units in all, so that each chunk has at
-// least `min_work` units (and a small call runs on the calling thread alone).
-int64_t grain_for(int64_t items, int64_t work, int64_t min_work) {
-  const int64_t per_item = std::max<int64_t>(1, work / std::max<int64_t>(items, 1));
-  return std::max<int64_t>(1, (min_work + per_item - 1) / per_item);
+// least `min_work` units (and a small call runs on the calling thread alone). The work is an
+// estimate in floating point: products of a large call's sizes may not fit int64.
+int64_t grain_for(int64_t items, double work, int64_t min_work) {
+  const double per_item = std::max(1.0, work / static_cast<double>(std::max<int64_t>(items, 1)));
+  return std::max<int64_t>(1, static_cast<int64_t>(std::ceil(static_cast<double>(min_work) / per_item)));
 }
 
 at::Tensor binarize_pack_cpu(const at::Tensor& x, const std::optional<at::Tensor>& threshold) {
@@ -59,13 +61,15 @@ at::Tensor binarize_pack_cpu(const at::Tensor& x, const std::optional<at::Tensor
   const at::Tensor xf = x.to(at::kFloat).contiguous(channels_last ? at::MemoryFormat::ChannelsLast
                                                                     : at::MemoryFormat::Contiguous);
   const float* src = xf.data_ptr<float>();
-  const int64_t values = N * C * H * W;
+  const double values = static_cast<double>(x.numel());
   if (channels_last) {
-    at::parallel_for(0, N * H * W, grain_for(N * H * W, values, kParallelPackValues), [&](int64_t begin, int64_t end) {
+    const int64_t grain = grain_for(N * H * W, values, kParallelPackValues);
+    at::parallel_for(0, N * H * W, grain, [&](int64_t begin, int64_t end) {
       core::binarize_pack_nhwc(src, thr_ptr, thr.stride_n, C, H, W, dst, begin, end);
     });
   } else {
-    at::parallel_for(0, N * H, grain_for(N * H, values, kParallelPackValues), [&](int64_t begin, int64_t end) {
+    const int64_t grain = grain_for(N * H, values, kParallelPackValues);
+    at::parallel_for(0, N * H, grain, [&](int64_t begin, int64_t end) {
       core::binarize_pack_nchw(src, thr_ptr, thr.stride_n, C, H, W, dst, begin, end);
     });
   }
@@ -104,9 +108,9 @@ void run_conv(const core::ConvShape& s, const at::Tensor& x_packed, const at::Te
     core::conv_prepare_input(plan, words_of(x), planes_ptr, begin, end);
   });
   float* out_ptr = out.data_ptr<float>();
-  const int64_t bits = s.N * plan.Ho * plan.Wq * s.O * plan.steps * 32;
-  at::parallel_for(0, plan.num_tiles(), grain_for(plan.num_tiles(), bits, kParallelConvBits), [&](int64_t begin,
-                                                                                                 int64_t end) {
+  const double bits = 32.0 * static_cast<double>(s.N * plan.Ho * plan.Wq) * static_cast<double>(s.O * plan.steps);
+  const int64_t grain = grain_for(plan.num_tiles(), bits, kParallelConvBits);
+  at::parallel_for(0, plan.num_tiles(), grain, [&](int64_t begin, int64_t end) {
     core::conv_tiles(plan, weights, planes_ptr, epilogue, out_ptr, begin, end);
   });
 }

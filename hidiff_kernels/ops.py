@@ -466,6 +466,8 @@ def as_int(value: object, name: str, low: int, high: int, accepted: str | None =
         TypeError: when ``value`` is not an integer, naming ``name``.
         ValueError: when it is out of range, naming ``name``, the value and the range.
     """
+    if type(value) is int and low <= value <= high:  # the common case, before any message is formatted
+        return value
     accepted = accepted or f"an int in [{low}, {high}]"
     if isinstance(value, bool) or (isinstance(value, Tensor) and value.dtype.is_floating_point):
         raise TypeError(f"{name} must be {accepted}, got {value!r}")
@@ -484,6 +486,13 @@ def as_pair(value: IntPair, name: str, low: int = INT64_MIN, high: int = INT64_M
     Raises:
         TypeError / ValueError naming ``name``, the value and the accepted range for anything else.
     """
+    # The common spellings first: a plain int, or a tuple of two plain ints (the checks are the same).
+    if type(value) is int and low <= value <= high:
+        return value, value
+    if type(value) is tuple and len(value) == 2:
+        first, second = value
+        if type(first) is int and type(second) is int and low <= first <= high and low <= second <= high:
+            return first, second
     expected = f"{name} must be an int or a pair of ints in [{low}, {high}], got {value!r}"
     if isinstance(value, (str, bytes)):
         raise TypeError(expected)

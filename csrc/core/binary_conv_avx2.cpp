@@ -45,12 +45,13 @@ inline void csa(__m256i& high, __m256i& low, __m256i a, __m256i b, __m256i c) {
 }
 
 struct Avx2Kernel {
+  static constexpr int kVectors = 1;
   static constexpr int64_t kLanes = 8;
   static constexpr int kChannels = 1;
 
-  template <int Q>
+  template <int Q, int P>
   static void run(const uint32_t* x, const int64_t* offsets, const uint32_t* w, int64_t steps, int32_t* D) {
-    static_assert(Q == 1, "the AVX2 kernel computes one output channel per call");
+    static_assert(Q == 1 && P == 1, "the AVX2 kernel computes one vector of one output channel per call");
     const auto word = [&](int64_t k) {
       const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + offsets[k]));
       return _mm256_xor_si256(a, _mm256_set1_epi32(static_cast<int>(w[k])));
@@ -91,10 +92,7 @@ struct Avx2Kernel {
 
 }  // namespace
 
-void conv_tiles_avx2(const ConvPlan& plan, const uint32_t* planes, const uint32_t* w, const ConvEpilogue& epilogue,
-                     float* out, int64_t tile_begin, int64_t tile_end) {
-  detail::conv_tiles<Avx2Kernel>(plan, planes, w, epilogue, out, tile_begin, tile_end);
-}
+HIDIFF_DEFINE_CONV_ENTRY_POINTS(avx2, Avx2Kernel)
 
 }  // namespace hidiff::core
 HIDIFF_TARGET_END
@@ -102,9 +100,12 @@ HIDIFF_TARGET_END
 #else
 
 namespace hidiff::core {
-void conv_tiles_avx2(const ConvPlan& plan, const uint32_t* planes, const uint32_t* w, const ConvEpilogue& epilogue,
-                     float* out, int64_t tile_begin, int64_t tile_end) {
-  conv_tiles_portable(plan, planes, w, epilogue, out, tile_begin, tile_end);
+void conv_tap_popcount_avx2(const ConvPlan& plan, const uint32_t* w, int32_t* tap_popcount) {
+  conv_tap_popcount_portable(plan, w, tap_popcount);
+}
+void conv_tiles_avx2(const ConvPlan& plan, const ConvWeights& weights, const uint32_t* planes,
+                  const ConvEpilogue& epilogue, float* out, int64_t tile_begin, int64_t tile_end) {
+  conv_tiles_portable(plan, weights, planes, epilogue, out, tile_begin, tile_end);
 }
 }  // namespace hidiff::core
 

@@ -1,4 +1,5 @@
-// AVX-512 VPOPCNTDQ micro-kernel: 48 lanes (three 512-bit vectors of 16 pixels) x 8 output channels.
+// AVX-512 VPOPCNTDQ micro-kernel: 48 lanes (three 512-bit vectors of 16 pixels) x 8 output channels;
+// the last block of a small map runs with one or two vectors when the rest would be past its grid.
 //
 // Each step loads the three lane vectors once and XORs them with 8 broadcast weight words:
 // 24 XOR + VPOPCNTD + ADD triples per 11 loads, the counts in 24 of the 32 vector registers
@@ -25,9 +26,8 @@ struct Avx512Kernel {
   static constexpr int64_t kLanes = 16 * kVectors;
   static constexpr int kChannels = 8;
 
-  template <int Q>
+  template <int Q, int P>
   static void run(const uint32_t* x, const int64_t* offsets, const uint32_t* w, int64_t steps, int32_t* D) {
-    constexpr int P = kVectors;
     __m512i acc[P][Q];
     for (int p = 0; p < P; ++p)
       for (int q = 0; q < Q; ++q) acc[p][q] = _mm512_setzero_si512();
@@ -48,10 +48,7 @@ struct Avx512Kernel {
 
 }  // namespace
 
-void conv_tiles_avx512(const ConvPlan& plan, const uint32_t* planes, const uint32_t* w, const ConvEpilogue& epilogue,
-                       float* out, int64_t tile_begin, int64_t tile_end) {
-  detail::conv_tiles<Avx512Kernel>(plan, planes, w, epilogue, out, tile_begin, tile_end);
-}
+HIDIFF_DEFINE_CONV_ENTRY_POINTS(avx512, Avx512Kernel)
 
 }  // namespace hidiff::core
 HIDIFF_TARGET_END
@@ -59,9 +56,12 @@ HIDIFF_TARGET_END
 #else
 
 namespace hidiff::core {
-void conv_tiles_avx512(const ConvPlan& plan, const uint32_t* planes, const uint32_t* w, const ConvEpilogue& epilogue,
-                       float* out, int64_t tile_begin, int64_t tile_end) {
-  conv_tiles_portable(plan, planes, w, epilogue, out, tile_begin, tile_end);
+void conv_tap_popcount_avx512(const ConvPlan& plan, const uint32_t* w, int32_t* tap_popcount) {
+  conv_tap_popcount_portable(plan, w, tap_popcount);
+}
+void conv_tiles_avx512(const ConvPlan& plan, const ConvWeights& weights, const uint32_t* planes,
+                  const ConvEpilogue& epilogue, float* out, int64_t tile_begin, int64_t tile_end) {
+  conv_tiles_portable(plan, weights, planes, epilogue, out, tile_begin, tile_end);
 }
 }  // namespace hidiff::core
 

@@ -15,11 +15,13 @@ inline int32_t popcount32(uint32_t v) {
 }
 
 struct PortableKernel {
+  static constexpr int kVectors = 1;
   static constexpr int64_t kLanes = 16;
   static constexpr int kChannels = 4;
 
-  template <int Q>
+  template <int Q, int P>
   static void run(const uint32_t* x, const int64_t* offsets, const uint32_t* w, int64_t steps, int32_t* D) {
+    static_assert(P == 1, "the portable kernel's block is one group of 16 lanes");
     int32_t acc[Q][kLanes] = {};
     for (int64_t k = 0; k < steps; ++k) {
       const uint32_t* a = x + offsets[k];
@@ -35,9 +37,6 @@ struct PortableKernel {
 
 }  // namespace
 
-void conv_tiles_portable(const ConvPlan& plan, const uint32_t* planes, const uint32_t* w,
-                         const ConvEpilogue& epilogue, float* out, int64_t tile_begin, int64_t tile_end) {
-  detail::conv_tiles<PortableKernel>(plan, planes, w, epilogue, out, tile_begin, tile_end);
-}
+HIDIFF_DEFINE_CONV_ENTRY_POINTS(portable, PortableKernel)
 
 }  // namespace hidiff::core

@@ -3,10 +3,14 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <ATen/Parallel.h>
+
+#include <atomic>
 #include <map>
 #include <stdexcept>
 #include <string>
 
+#include "../core/conv_timing.h"
 #include "../core/cpu_features.h"
 #include "../core/popcount_peak.h"
 #include "output_cache.h"
@@ -87,4 +91,49 @@ PYBIND11_MODULE(_C, m) {
       py::arg("iterations"),
       "Runs the register-only XOR + popcount + add loop of the active path on this thread; returns "
       "(binary MACs performed, checksum). Time it to get the per-core popcount limit.");
+  m.def(
+      "popcount_peak_all_threads",
+      [](int64_t iterations) {
+        if (iterations <= 0) throw py::value_error("iterations must be positive, got " + std::to_string(iterations));
+        const int64_t threads = at::get_num_threads();
+        std::atomic<int64_t> bits{0};
+        {
+          py::gil_scoped_release release;
+          // One chunk per thread, all at once: the limit of the threads together, which is less than
+          // threads x the per-core limit when they share a core's execution ports.
+          at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
+            uint64_t checksum = 0;
+            for (int64_t i = begin; i < end; ++i) bits += popcount_peak(iterations, &checksum);
+          });
+        }
+        return bits.load();
+      },
+      py::arg("iterations"),
+      "Runs the register-only loop of popcount_peak `iterations` times on each of torch's threads at once; "
+      "returns the binary MACs performed in all. Time it to get the limit of all threads together.");
+  m.def(
+      "conv_stage_times",
+      [](int64_t in_channels, int64_t out_channels, int64_t height, int64_t width, int64_t kernel, int64_t stride,
+         int64_t padding, int64_t reps) {
+        if (in_channels <= 0 || out_channels <= 0 || height <= 0 || width <= 0 || kernel <= 0 || stride <= 0 ||
+            padding < 0 || reps <= 0)
+          throw py::value_error("conv_stage_times needs positive sizes, stride and reps and a non-negative padding");
+        const ConvShape s{1, height, width, in_channels, out_channels, kernel, kernel, stride, stride,
+                          padding, padding, 1, 1};
+        if (s.out_h() <= 0 || s.out_w() <= 0) throw py::value_error("conv_stage_times: the output would be empty");
+        ConvStageTimes t;
+        {
+          py::gil_scoped_release release;
+          t = time_conv_stages(s, static_cast<int>(reps));
+        }
+        return std::map<std::string, double>{{"plan_build", t.plan_build},
+                                             {"plan_cached", t.plan_cached},
+                                             {"weights", t.weights},
+                                             {"input", t.input},
+                                             {"tiles", t.tiles}};
+      },
+      py::arg("in_channels"), py::arg("out_channels"), py::arg("height"), py::arg("width"), py::arg("kernel"),
+      py::arg("stride"), py::arg("padding"), py::arg("reps"),
+      "Microseconds per call of each stage of a batch-1 binary convolution (plan_build, plan_cached, weights, "
+      "input, tiles) on this thread, without torch, on random operands (median of 7 rounds of `reps` calls).");
 }

@@ -6,6 +6,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
+#include <memory>
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -29,6 +31,23 @@ using common::packed_words;
 
 const uint32_t* words_of(const at::Tensor& t) { return reinterpret_cast<const uint32_t*>(t.data_ptr<int32_t>()); }
 
+// Smallest share of work worth a thread of its own. Starting a parallel region costs about 1.5 us
+// on the 2-core benchmark machine when the workers are spinning (binarize_pack of 2 rows, 2 threads
+// against 1, python -m hidiff_kernels.overhead), and much more when they have to be woken or the
+// host is busy; below a few times that, splitting the work is slower than doing it on the calling
+// thread. So every chunk is at least this big: about 5 us of packing, and 8 us of convolution
+// tiles at 1 T bit-MAC/s.
+constexpr int64_t kParallelPackValues = 16384;   // float values binarised and packed
+constexpr int64_t kParallelConvBits = 1 << 23;   // binary MACs (lanes computed x channels x bits)
+
+// Grain for at::parallel_for over `items` items of `work` units in all, so that each chunk has at
+// least `min_work` units (and a small call runs on the calling thread alone). The work is an
+// estimate in floating point: products of a large call's sizes may not fit int64.
+int64_t grain_for(int64_t items, double work, int64_t min_work) {
+  const double per_item = std::max(1.0, work / static_cast<double>(std::max<int64_t>(items, 1)));
+  return std::max<int64_t>(1, static_cast<int64_t>(std::ceil(static_cast<double>(min_work) / per_item)));
+}
+
 at::Tensor binarize_pack_cpu(const at::Tensor& x, const std::optional<at::Tensor>& threshold) {
   const glue::BinarizeThreshold thr = glue::check_binarize_args(x, threshold, at::kCPU);
   if (x.scalar_type() == at::kDouble) return binarize_pack_cpu(glue::float64_signs(x, threshold), std::nullopt);
@@ -42,12 +61,15 @@ at::Tensor binarize_pack_cpu(const at::Tensor& x, const std::optional<at::Tensor
   const at::Tensor xf = x.to(at::kFloat).contiguous(channels_last ? at::MemoryFormat::ChannelsLast
                                                                     : at::MemoryFormat::Contiguous);
   const float* src = xf.data_ptr<float>();
+  const double values = static_cast<double>(x.numel());
   if (channels_last) {
-    at::parallel_for(0, N * H * W, 1024, [&](int64_t begin, int64_t end) {
+    const int64_t grain = grain_for(N * H * W, values, kParallelPackValues);
+    at::parallel_for(0, N * H * W, grain, [&](int64_t begin, int64_t end) {
       core::binarize_pack_nhwc(src, thr_ptr, thr.stride_n, C, H, W, dst, begin, end);
     });
   } else {
-    at::parallel_for(0, N * H, 1, [&](int64_t begin, int64_t end) {
+    const int64_t grain = grain_for(N * H, values, kParallelPackValues);
+    at::parallel_for(0, N * H, grain, [&](int64_t begin, int64_t end) {
       core::binarize_pack_nchw(src, thr_ptr, thr.stride_n, C, H, W, dst, begin, end);
     });
   }
@@ -60,16 +82,21 @@ at::Tensor pack_weight_cpu(const at::Tensor& w) {
   return binarize_pack_cpu(w.contiguous(), std::nullopt);
 }
 
-// Runs the convolution into out (N, O, Ho, Wo) float32: plan, input planes, then the tiles.
+// Runs the convolution into out (N, O, Ho, Wo) float32: plan, weights, input planes, then the tiles.
 void run_conv(const core::ConvShape& s, const at::Tensor& x_packed, const at::Tensor& w_packed,
               const core::ConvEpilogue& epilogue, at::Tensor& out) {
   if (out.numel() == 0) return;
   const at::Tensor x = x_packed.contiguous();
   const at::Tensor w = w_packed.contiguous();
-  const core::ConvPlan plan = core::make_conv_plan(s, words_of(w));
-  // The word planes are rebuilt by every call. A grow-only buffer per calling thread avoids the
-  // first-touch page faults of a fresh allocation (megabytes at the refiner's resolutions);
-  // calls never nest on one thread.
+  const std::shared_ptr<const core::ConvPlan> plan_ref = core::conv_plan_for(s);
+  const core::ConvPlan& plan = *plan_ref;
+  // The weight tables and the word planes are rebuilt by every call into grow-only buffers of the
+  // calling thread: no allocation per call, and no first-touch page faults of fresh megabytes at
+  // the refiner's resolutions. Calls never nest on one thread. (The workers must get the caller's
+  // buffers through references: inside the lambdas the names would mean the workers' own.)
+  static thread_local core::ConvWeights weights_of_thread;
+  const core::ConvWeights& weights = weights_of_thread;
+  core::conv_prepare_weights(plan, words_of(w), weights_of_thread);
   static thread_local std::vector<uint32_t> scratch;
   const auto scratch_words = static_cast<size_t>(plan.scratch_words());
   if (scratch.size() < scratch_words) scratch.resize(scratch_words);
@@ -81,8 +108,10 @@ void run_conv(const core::ConvShape& s, const at::Tensor& x_packed, const at::Te
     core::conv_prepare_input(plan, words_of(x), planes_ptr, begin, end);
   });
   float* out_ptr = out.data_ptr<float>();
-  at::parallel_for(0, plan.num_tiles(), 1, [&](int64_t begin, int64_t end) {
-    core::conv_tiles(plan, planes_ptr, words_of(w), epilogue, out_ptr, begin, end);
+  const double bits = 32.0 * static_cast<double>(s.N * plan.Ho * plan.Wq) * static_cast<double>(s.O * plan.steps);
+  const int64_t grain = grain_for(plan.num_tiles(), bits, kParallelConvBits);
+  at::parallel_for(0, plan.num_tiles(), grain, [&](int64_t begin, int64_t end) {
+    core::conv_tiles(plan, weights, planes_ptr, epilogue, out_ptr, begin, end);
   });
 }
 

@@ -182,11 +182,45 @@ void test_environment_selects_initial_isa() {
   }
 }
 
+// conv_plan_for keys on every field of the shape: the same shape gets the same plan, a shape that
+// differs in any one field its own, and the border classes of the plan match its geometry.
+void test_plan_cache() {
+  const ConvShape s{2, 9, 7, 33, 5, 3, 3, 2, 1, 1, 2, 1, 2};
+  const auto plan = conv_plan_for(s);
+  EXPECT(conv_plan_for(s) == plan, "the same shape must reuse its plan");
+  int64_t fields[13] = {s.N, s.H, s.W, s.C, s.O, s.KH, s.KW, s.stride_h, s.stride_w, s.pad_h, s.pad_w, s.dil_h, s.dil_w};
+  for (int f = 0; f < 13; ++f) {
+    int64_t v[13];
+    std::memcpy(v, fields, sizeof v);
+    ++v[f];
+    const ConvShape other{v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11], v[12]};
+    const auto other_plan = conv_plan_for(other);
+    EXPECT(other_plan != plan, "field %d must be part of the plan's key", f);
+    EXPECT(other_plan->s.H == other.H && other_plan->s.pad_w == other.pad_w && other_plan->s.N == other.N,
+           "plan of field %d has another shape", f);
+  }
+  for (int64_t oh = 0; oh < plan->Ho; ++oh) {
+    for (int64_t kh = 0; kh < s.KH; ++kh) {
+      const int64_t ih = oh * s.stride_h - s.pad_h + kh * s.dil_h;
+      EXPECT(plan->class_row_valid[plan->row_class[oh] * s.KH + kh] == (ih >= 0 && ih < s.H), "row class of %ld",
+             static_cast<long>(oh));
+    }
+  }
+  for (int64_t ow = 0; ow < plan->Wo; ++ow) {
+    for (int64_t kw = 0; kw < s.KW; ++kw) {
+      const int64_t iw = ow * s.stride_w - s.pad_w + kw * s.dil_w;
+      EXPECT(plan->class_col_valid[plan->col_class[ow] * s.KW + kw] == (iw >= 0 && iw < s.W), "column class of %ld",
+             static_cast<long>(ow));
+    }
+  }
+}
+
 int main() {
   std::printf("best instruction set: %s, active: %s\n", isa_name(best_supported_isa()), isa_name(active_isa()));
   test_environment_selects_initial_isa();
   test_pack_layouts();
   test_conv_all_isas();
+  test_plan_cache();
   test_time_activation();
   test_time_activation_matches_both_branches<float>();
   test_time_activation_matches_both_branches<double>();

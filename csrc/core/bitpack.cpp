@@ -11,6 +11,18 @@ constexpr int64_t kPixelBlock = 256;
 
 }  // namespace
 
+// The NCHW packer streams whole maps (a 128 x 256 x 256 block input is 32 MiB): GCC compiles it once
+// per instruction set and the loader picks the clone the CPU runs (function multi-versioning), so its
+// compare-shift-or uses 16 lanes on AVX-512 instead of the 4 of the baseline x86-64 target. Every clone
+// computes the same bits; helpers it calls out of line stay baseline code.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define HIDIFF_PACK_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define HIDIFF_PACK_CLONES
+#endif
+
+HIDIFF_PACK_CLONES
+
 void binarize_pack_nchw(const float* x, const float* threshold, int64_t threshold_stride_n, int64_t C,
                         int64_t H, int64_t W, uint32_t* out, int64_t row_begin, int64_t row_end) {
   const int64_t words = common::packed_words(C);

@@ -195,11 +195,12 @@ def timestep_calibration(
         prior, features = model.prior(image)
         dice_segmentor += float(_dice_per_image(diffusion.to_mask(prior), y0).sum())
         images += image.shape[0]
+        denoise = model.denoiser(image, prior, features)  # valid at every t
         for t in range(steps):
             t_batch = torch.full((image.shape[0],), t, dtype=torch.int64, device=device)
             abar = diffusion.alphas_cumprod.to(device)[t_batch]
             y_t, eps = q_sample(y0, prior, abar, generator)
-            eps_hat = model.refiner(image, y_t, prior, t_batch, features).double()
+            eps_hat = denoise(y_t, t_batch).double()
             eps, y_t64, y0_64 = eps.double(), y_t.double(), y0.double()
             prior_only = prior_flip_rate(y_t64, prior.double(), 1 - abar.double())
             y0_hat = (y_t64 - eps_hat).abs()
@@ -290,9 +291,7 @@ def chain_statistics(
             ).cpu()
             previous.append(y_t.clone())
 
-        def denoise(y_t: Tensor, t: Tensor, image=image, prior=prior, features=features) -> Tensor:
-            return model.refiner(image, y_t, prior, t, features)
-
+        denoise = model.denoiser(image, prior, features, steps)
         y0_hat, offset = sample_chain(denoise, prior, diffusion.schedule, timesteps, sampler, seed, offset, trace)
         dice_final += float(_dice_per_image(diffusion.to_mask(y0_hat), y0).sum())
         images += image.shape[0]
@@ -318,6 +317,9 @@ def diagnose(
     progress: bool = True,
 ) -> Diagnostics:
     """Calibration per timestep and one reverse chain per image (see the module docstring).
+
+    The refiner runs as :meth:`HiDiff.denoiser` gives it: its frozen form (eval mode), the form
+    ``hidiff segment`` and ``evaluate`` run.
 
     Args:
         model: the trained HiDiff.

@@ -130,3 +130,14 @@ def test_condition_outputs_are_computed_once_per_step_for_an_ensemble(monkeypatc
     refined = model.refine(x, steps=2, samples=3)
     assert len(calls) == 4 * 2  # 4 condition layers, 2 steps: not again for members 2 and 3
     assert (refined - expected).abs().mean() < 0.05
+
+
+def test_diagnostics_run_the_frozen_refiner(monkeypatch):
+    from hidiff.diagnostics import diagnose
+
+    model = _model()
+    dataset = [{"image": torch.rand(3, 32, 32), "mask": (torch.rand(1, 32, 32) > 0.5).float()} for _ in range(2)]
+    calls = CallCounter(monkeypatch)
+    result = diagnose(model, dataset, steps=2, batch_size=2, progress=False)
+    assert calls.frozen_steps == 4 + 2 and calls.layer_by_layer == 0  # every t of T = 4, then a 2-step chain
+    assert len(result.timesteps) == 4 and len(result.chain) == 2

@@ -230,20 +230,33 @@ class HiDiff(nn.Module):
         Raises:
             ValueError: ``frozen`` lacks tables for some timestep the sampler visits.
         """
-        frozen_model = self._resolve_frozen(frozen, steps)
-        denoise_fn = (
-            self._frozen_denoiser(frozen_model, x, prior, features, steps)
-            if frozen_model is not None
-            else lambda y_t, t: self.refiner(x, y_t, prior, t, features)
-        )
         return self.diffusion.sample(
-            denoise_fn,
+            self.denoiser(x, prior, features, steps, frozen),
             prior,
             steps=steps,
             sampler=sampler,
             samples=samples,
             seed=seed,
         )
+
+    def denoiser(
+        self,
+        x: Tensor,
+        prior: Tensor,
+        features: list[Tensor],
+        steps: int | None = None,
+        frozen: bool | FrozenBBDM = True,
+    ) -> Callable[[Tensor, Tensor], Tensor]:
+        """The refiner as a sampler's ``denoise_fn``: ``(y_t (B, K, H, W), t (B,)) -> eps_hat (B, K, H, W)``
+        for the image ``x``, its prior and features, valid at the timesteps a run of ``steps`` visits.
+
+        ``frozen`` as in :meth:`refine`: by default the frozen refiner, whose condition cache is
+        computed here once for all calls.
+        """
+        frozen_model = self._resolve_frozen(frozen, steps)
+        if frozen_model is None:
+            return lambda y_t, t: self.refiner(x, y_t, prior, t, features)
+        return self._frozen_denoiser(frozen_model, x, prior, features, steps)
 
     def _frozen_denoiser(
         self, frozen: FrozenBBDM, x: Tensor, prior: Tensor, features: list[Tensor], steps: int | None

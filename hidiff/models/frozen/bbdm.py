@@ -50,6 +50,8 @@ LAYER_ORDER: tuple[str, ...] = (
     *BOTTLENECK,
     *(name for level in DECODER for name in level),
 )
+#: The layer that reads each layer's output (the last one has none).
+FOLLOWING: dict[str, str] = dict(zip(LAYER_ORDER[:-1], LAYER_ORDER[1:], strict=True))
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,7 @@ class ConditionCache:
         return out
 
 
-def _check_timesteps(timesteps: Sequence[int]) -> tuple[int, ...]:
+def _check_frozen_timesteps(timesteps: Sequence[int]) -> tuple[int, ...]:
     values = tuple(timesteps)
     if not values or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in values):
         raise ValueError(f"timesteps must be a non-empty sequence of non-negative ints, got {timesteps!r}")
@@ -137,7 +139,7 @@ class FrozenBBDM(nn.Module):
         super().__init__()
         if not isinstance(refiner, BBDM):
             raise TypeError(f"refiner must be a BBDM, got {type(refiner).__name__}")
-        timesteps = _check_timesteps(timesteps)
+        timesteps = _check_frozen_timesteps(timesteps)
         self.refiner_config = refiner.config
         self.image_channels = refiner.image_channels
         self.num_classes = refiner.num_classes
@@ -284,26 +286,26 @@ class FrozenBBDM(nn.Module):
         out = torch.baddbmm(base.view(batch, channels, -1), weight, columns, out=buffer)
         return out.view(batch, channels, height, width)
 
-    def _entry(self, name: str, idx: Tensor) -> Tensor | None:
-        """The threshold at which the layer before ``name`` prepares its output for it (None: in float)."""
-        return getattr(self, name).entry_threshold(idx)
+    def _next_threshold(self, name: str, idx: Tensor) -> Tensor | None:
+        """The threshold at which layer ``name`` prepares its output for the layer that reads it
+        (:data:`FOLLOWING`; None: that layer reads it in float, or ``name`` is the last layer)."""
+        following = FOLLOWING.get(name)
+        return None if following is None else getattr(self, following).entry_threshold(idx)
 
-    def _block(
-        self, name: str, h: Tensor, h_in: Tensor | None, idx: Tensor, following: str
-    ) -> tuple[Tensor, Tensor | None]:
+    def _block(self, name: str, h: Tensor, h_in: Tensor | None, idx: Tensor) -> tuple[Tensor, Tensor | None]:
         """An equal-width block (identity shortcut) on ``h``, prepared as ``h_in`` (or here when None)."""
         block: FrozenBlock = getattr(self, name)
         if h_in is None:
             h_in = block.prepare(h, idx)
-        return block(h_in, h, idx, self._entry(following, idx))
+        return block(h_in, h, idx, self._next_threshold(name, idx))
 
-    def _down(self, name: str, h: Tensor, h_in: Tensor, idx: Tensor, following: str) -> tuple[Tensor, Tensor | None]:
+    def _down(self, name: str, h: Tensor, h_in: Tensor, idx: Tensor) -> tuple[Tensor, Tensor | None]:
         """A DownBlock: every branch adds AvgPool2d(2)(x); the branches are one conv with concatenated outputs."""
         block: FrozenBlock = getattr(self, name)
         pooled = avg_pool2x2(h)
         branches = block.out_channels // block.in_channels
         residual = pooled if branches == 1 else torch.cat([pooled] * branches, dim=1)
-        return block(h_in, residual, idx, self._entry(following, idx))
+        return block(h_in, residual, idx, self._next_threshold(name, idx))
 
     def _fuse(
         self,
@@ -313,11 +315,10 @@ class FrozenBBDM(nn.Module):
         cache: ConditionCache,
         idx: Tensor,
         steps: tuple[int, ...],
-        following: str,
     ) -> tuple[Tensor, Tensor | None]:
         """A layer that reads a segmentor feature (FrozenConcat or FrozenXFormer) with its cached condition."""
         layer = getattr(self, name)
-        return layer(h, h_in, cache.condition(name, layer, idx, steps), idx, self._entry(following, idx))
+        return layer(h, h_in, cache.condition(name, layer, idx, steps), idx, self._next_threshold(name, idx))
 
     def _decode(self, cache: ConditionCache, h: Tensor, h_in: Tensor, skips: list[Tensor], idx: Tensor) -> Tensor:
         """The decoder. An UpBlock runs from ``h`` packed at low resolution (nearest x2 commutes with TB
@@ -332,9 +333,9 @@ class FrozenBBDM(nn.Module):
             residual = upsample2x(shortcut, cache.buffer(f"up{i}", (batch, up.out_channels, height, width), skip))
             h, h_in = up(up.conv.upsample_input(h_in), residual, idx, merge.prefix_threshold(idx, up.out_channels))
             merge_in = merge.prepare_concat(h, h_in, skip, idx)
-            following = self._entry(DECODER[i + 1][0], idx) if i + 1 < len(DECODER) else None
             pair_mean = cache.buffer(f"merge{i}", (batch, merge.out_channels, height, width), skip)
-            h, h_in = merge(merge_in, pair_mean_of_concat(h, skip, pair_mean), idx, following)
+            residual = pair_mean_of_concat(h, skip, pair_mean)
+            h, h_in = merge(merge_in, residual, idx, self._next_threshold(merge_name, idx))
         return h
 
     def step(self, cache: ConditionCache, y_t: Tensor, prior: Tensor, t: Tensor | int) -> Tensor:
@@ -354,15 +355,15 @@ class FrozenBBDM(nn.Module):
         h_in = None
         skips = []
         for block, concat, down in ENCODER:
-            h, h_in = self._block(block, h, h_in, idx, concat or down)
+            h, h_in = self._block(block, h, h_in, idx)
             if concat is not None:
-                h, h_in = self._fuse(concat, h, h_in, cache, idx, steps, down)
+                h, h_in = self._fuse(concat, h, h_in, cache, idx, steps)
             skips.append(h)
-            h, h_in = self._down(down, h, h_in, idx, LAYER_ORDER[LAYER_ORDER.index(down) + 1])
+            h, h_in = self._down(down, h, h_in, idx)
         mid1, fuse, mid2 = BOTTLENECK
-        h, h_in = self._block(mid1, h, h_in, idx, fuse)
-        h, h_in = self._fuse(fuse, h, h_in, cache, idx, steps, mid2)
-        h, h_in = self._block(mid2, h, h_in, idx, DECODER[0][0])
+        h, h_in = self._block(mid1, h, h_in, idx)
+        h, h_in = self._fuse(fuse, h, h_in, cache, idx, steps)
+        h, h_in = self._block(mid2, h, h_in, idx)
         h = self._decode(cache, h, h_in, skips, idx)
         scale = flip_scale(self.prior_flip_rates, self.timesteps[idx])
         return flip_probability(self.head(h), y_t, prior, scale)

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .evaluation import RefineSettings, evaluate
-from .models import HiDiff
+from .evaluation import evaluate
+from .models import HiDiff, RefineSettings
 
 __all__ = ["PairedComparison", "bootstrap_interval", "compare", "format_comparison"]
 
@@ -138,7 +138,7 @@ def compare(
         interval=interval,
         num_images=len(segmentor_values["dice"]),
         seeds=seeds,
-        settings={"steps": settings.steps, "samples": settings.samples, "sampler": str(settings.sampler)},
+        settings={key: getattr(settings, key) for key in ("refine", "steps", "samples", "sampler")},
         confidence=confidence,
     )
 

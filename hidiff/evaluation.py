@@ -18,9 +18,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .data import sliding_window_inference
-from .diffusion import Sampler
 from .metrics import SegmentationMetrics
-from .models import HiDiff
+from .models import HiDiff, RefineSettings
 
 logger = logging.getLogger(__name__)
 
@@ -43,45 +42,34 @@ class EvaluationResult:
     """``{"segmentor": {metric: (N, classes)}, "refined": ...}`` float64 arrays, images in dataset order."""
 
 
-@dataclass
-class RefineSettings:
-    """How the refiner samples: DDIM/ancestral, number of steps, ensemble size, seed, and which form runs.
-
-    The default ensemble of 16 matches ``diffusion.ensemble``: one sample is a draw from the
-    refiner's posterior, whose thresholded mask is noisier than the thresholded mean. ``frozen``
-    (default) runs the frozen refiner (:meth:`HiDiff.frozen_refiner`), False the refiner layer by
-    layer (the same function up to float rounding, several times slower).
-    """
-
-    steps: int | None = None
-    samples: int = 16
-    sampler: Sampler | str = Sampler.DDIM
-    seed: int = 0
-    frozen: bool = True
-
-
 def _timed(fn: Callable[[], Tensor]) -> tuple[Tensor, float]:
     start = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - start
 
 
-def predict(model: HiDiff, images: Tensor, settings: RefineSettings, refine: bool = True) -> dict[str, Tensor | float]:
-    """Prior and refined probability maps of a batch.
+def predict(
+    model: HiDiff, images: Tensor, settings: RefineSettings | None = None, refine: bool = True
+) -> dict[str, Tensor | float]:
+    """Prior and HiDiff's probability maps of a batch.
 
     Args:
         model: a HiDiff in eval mode.
         images: float32 ``(B, C, H, W)``, H and W divisible by 32.
-        settings: sampler settings for the refinement.
-        refine: False to skip the refiner.
+        settings: refinement settings (default: the model's, ``model.settings``). With ``settings.refine`` False
+            HiDiff's output is the prior itself (no refiner runs).
+        refine: False to skip HiDiff's output altogether (the prior only).
 
     Returns:
         ``{"prior": (B, K, H, W), "refined": (B, K, H, W) or absent, "segmentor_seconds",
         "refine_seconds"}``, maps float32 in [0, 1].
     """
+    settings = model.settings if settings is None else settings
     (prior, features), seg_seconds = _timed(lambda: model.prior(images))
     out: dict[str, Tensor | float] = {"prior": prior, "segmentor_seconds": seg_seconds, "refine_seconds": 0.0}
-    if refine:
+    if refine and not settings.refine:
+        out["refined"] = prior
+    elif refine:
         refined, refine_seconds = _timed(
             lambda: model.refine_from_prior(
                 images,
@@ -147,7 +135,8 @@ def evaluate(
         model: the trained HiDiff (put in eval mode here).
         dataset: yields the contract dicts ``{"image", "mask", "id"}``; with ``window`` the images
             may have any size and are evaluated one at a time.
-        settings: refinement sampler settings (default: DDIM over all steps, one sample, seed 0).
+        settings: refinement settings (default: the model's, ``model.settings``; with ``settings.refine`` False
+            HiDiff's scores are the segmentor's).
         refine: False to evaluate the segmentor only.
         batch_size: images per batch without a sliding window.
         window: sliding-window size for images larger than the training crops (DRIVE, CHASE_DB1).
@@ -159,7 +148,7 @@ def evaluate(
     Returns:
         an :class:`EvaluationResult`.
     """
-    settings = settings or RefineSettings()
+    settings = model.settings if settings is None else settings
     model.eval().to(device)
     num_classes = model.segmentor.num_classes
     class_names = getattr(dataset, "class_names", None)
@@ -192,5 +181,5 @@ def evaluate(
         num_images=count,
         segmentor_seconds=seg_seconds,
         refine_seconds=refine_seconds,
-        settings=vars(settings) | {"refine": refine, "window": window},
+        settings=settings.to_dict() | {"evaluated_refinement": refine, "window": window},
     )

@@ -15,6 +15,9 @@ Format versions:
 - 1: the layout before versioning (no ``format_version`` key). Checkpoints written before the residual output existed
   hold no ``diffusion.parameterization``: they are the paper's ``"direct"`` form.
 - 2: ``format_version`` is stored; the configuration is complete.
+- 3: ``sampling`` holds the model's refinement settings (:class:`~hidiff.models.RefineSettings`, chosen on the
+  validation split at the end of training). Older files get the settings their configuration describes
+  (``diffusion.sampler``, ``sample_steps``, ``ensemble``).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from torch import Tensor, nn
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainingConfig
 from .diffusion import BernoulliDiffusion, Parameterization
-from .models import BBDM, HiDiff, build_segmentor, segmentor_spec
+from .models import BBDM, HiDiff, RefineSettings, build_segmentor, segmentor_spec
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -46,7 +49,7 @@ __all__ = [
 #: ``format_version``).
 CHECKPOINT_FORMAT = "hidiff-trainer-1"
 #: The checkpoint layout written now (see the module docstring); files of versions 1 to this one are read.
-CHECKPOINT_FORMAT_VERSION = 2
+CHECKPOINT_FORMAT_VERSION = 3
 #: The entries a checkpoint needs to rebuild its model.
 MODEL_KEYS = ("config", "segmentor", "refiner")
 
@@ -65,7 +68,8 @@ def build_model(config: TrainingConfig, in_channels: int, num_classes: int) -> H
         num_classes: K, mask channels.
 
     Returns:
-        The model in training mode, on the CPU.
+        The model in training mode, on the CPU, with the refinement settings of ``config.diffusion``
+        (:meth:`RefineSettings.from_config`).
 
     Raises:
         ValueError: on an unknown segmentor name, or a fixed-size segmentor without an image size.
@@ -79,6 +83,7 @@ def build_model(config: TrainingConfig, in_channels: int, num_classes: int) -> H
         first_step_term=diffusion_config.first_step_term,
         model_posterior=diffusion_config.model_posterior,
         dice_weight=diffusion_config.dice_weight,
+        last_step_fraction=diffusion_config.last_step_fraction,
     )
     residual = diffusion_config.parameterization == Parameterization.RESIDUAL
     segmentor_kwargs = dict(model.segmentor_kwargs)
@@ -100,7 +105,9 @@ def build_model(config: TrainingConfig, in_channels: int, num_classes: int) -> H
         prior_flip_rates=diffusion.flip_scales if residual else None,
         **model.refiner_kwargs,
     )
-    return HiDiff(segmentor, refiner, diffusion)
+    hidiff = HiDiff(segmentor, refiner, diffusion)
+    hidiff.settings = RefineSettings.from_config(diffusion_config)
+    return hidiff
 
 
 def checkpoint_header(config: TrainingConfig) -> dict[str, Any]:
@@ -148,6 +155,9 @@ def read_checkpoint(
     if version == 1 and isinstance(state.get("config"), dict):
         # Checkpoints written before the residual output existed hold the paper's direct form.
         state["config"].setdefault("diffusion", {}).setdefault("parameterization", "direct")
+    if version < 3 and isinstance(state.get("config"), dict):
+        # Before version 3 the sampler settings lived in the configuration only.
+        state["sampling"] = RefineSettings.from_config(TrainingConfig.from_dict(state["config"]).diffusion).to_dict()
     state["format_version"] = CHECKPOINT_FORMAT_VERSION
     return state
 
@@ -164,7 +174,8 @@ def load_model(
         device: where to put the model.
 
     Returns:
-        The model in eval mode on `device`, and its configuration.
+        The model in eval mode on `device`, with its stored refinement settings (``model.settings``), and its
+        configuration.
 
     Raises:
         FileNotFoundError: when the checkpoint does not exist.
@@ -178,11 +189,14 @@ def load_model(
     model = build_model(config, in_channels, num_classes)
     _load_weights(model.segmentor, state["segmentor"], "segmentor", checkpoint)
     _load_weights(model.refiner, refiner_state, "refiner", checkpoint)
+    if "sampling" in state:
+        model.settings = RefineSettings.from_dict(state["sampling"], f"the sampling entry of checkpoint {checkpoint}")
     return model.to(device).eval(), config
 
 
 def save_model(path: str | Path, model: HiDiff, config: TrainingConfig) -> Path:
-    """Writes a model-only checkpoint (header, segmentor and refiner weights) that :func:`load_model` reads.
+    """Writes a model-only checkpoint (header, segmentor and refiner weights, refinement settings) that
+    :func:`load_model` reads.
 
     The file is written atomically (:func:`hidiff.checkpoint.save_checkpoint`); `config` must be the configuration
     `model` was built from (:func:`build_model`).
@@ -194,6 +208,7 @@ def save_model(path: str | Path, model: HiDiff, config: TrainingConfig) -> Path:
         **checkpoint_header(config),
         "segmentor": model.segmentor.state_dict(),
         "refiner": model.refiner.state_dict(),
+        "sampling": model.settings.to_dict(),
     }
     return save_checkpoint(path, state)
 

@@ -19,8 +19,8 @@ from PIL import Image
 from torch import Tensor
 
 from .data.base import image_array
-from .evaluation import RefineSettings, predict
-from .models import HiDiff
+from .evaluation import predict
+from .models import HiDiff, RefineSettings
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,9 @@ class Segmentation:
 
 
 @torch.no_grad()
-def segment_image(model: HiDiff, image: Tensor, image_size: int, settings: RefineSettings) -> Segmentation:
+def segment_image(
+    model: HiDiff, image: Tensor, image_size: int, settings: RefineSettings | None = None
+) -> Segmentation:
     """Segments one image ``(C, H, W)`` in [0, 1]: resized to ``image_size`` for the model, maps resized back.
 
     Returns:
@@ -119,7 +121,7 @@ def segment_files(
     paths: Sequence[str | Path],
     output_dir: str | Path,
     image_size: int,
-    settings: RefineSettings,
+    settings: RefineSettings | None = None,
 ) -> list[Path]:
     """Segments image files; writes ``<name>_mask.png`` (refined), ``<name>_prior.png`` and ``<name>_overlay.png``.
 

@@ -11,7 +11,7 @@ from test_diagnostics import _model
 from hidiff import cli
 from hidiff.comparison import bootstrap_interval, compare, format_comparison
 from hidiff.data import build_dataset
-from hidiff.evaluation import RefineSettings
+from hidiff.models import RefineSettings
 
 
 def test_bootstrap_interval_covers_the_mean_and_shrinks_with_more_data():

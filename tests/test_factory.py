@@ -135,7 +135,7 @@ def test_save_and_load_model_round_trip(tmp_path):
     model = build_model(config, 3, 1).eval()
     path = save_model(tmp_path / "model.pt", model, config)
     state = load_checkpoint(path)
-    assert state["format"] == CHECKPOINT_FORMAT and state["format_version"] == CHECKPOINT_FORMAT_VERSION == 2
+    assert state["format"] == CHECKPOINT_FORMAT and state["format_version"] == CHECKPOINT_FORMAT_VERSION == 3
     loaded, loaded_config = load_model(path)
     assert loaded_config == config and not loaded.training
     for expected, actual in zip(_outputs(model), _outputs(loaded), strict=True):
@@ -182,7 +182,7 @@ def test_a_newer_format_version_is_refused_naming_the_file(tmp_path):
     state = load_checkpoint(save_model(tmp_path / "m.pt", build_model(config, 3, 1), config))
     for version in (CHECKPOINT_FORMAT_VERSION + 1, "2", 0):
         path = save_checkpoint(tmp_path / "future.pt", {**state, "format_version": version})
-        with pytest.raises(ValueError, match=rf"future\.pt has format_version {version!r}.* versions 1 to 2"):
+        with pytest.raises(ValueError, match=rf"future\.pt has format_version {version!r}.* versions 1 to 3"):
             load_model(path)
 
 
@@ -211,7 +211,7 @@ def test_trainer_writes_the_version_and_resumes_version_1(tmp_path):
     del state["format_version"]
     trainer.resume(save_checkpoint(tmp_path / "v1.pt", state))
     state["format_version"] = CHECKPOINT_FORMAT_VERSION + 1
-    with pytest.raises(ValueError, match=r"newer\.pt has format_version 3"):
+    with pytest.raises(ValueError, match=r"newer\.pt has format_version 4"):
         trainer.resume(save_checkpoint(tmp_path / "newer.pt", state))
     del state["rng"]
     state["format_version"] = CHECKPOINT_FORMAT_VERSION

@@ -17,7 +17,7 @@ from hidiff.data import KvasirSEG
 from hidiff.data.base import read_image as read_data_image
 from hidiff.data.base import to_binary
 from hidiff.data.transforms import to_image_tensor
-from hidiff.evaluation import RefineSettings
+from hidiff.models import RefineSettings
 from hidiff.factory import load_model
 from hidiff.inference import read_image, segment_files
 from hidiff.training import run_training

@@ -4,7 +4,8 @@
 - :class:`UNet`, :class:`MeritSegmentor`, :class:`TimmSegmentor`: segmentors
   ``x -> (logits, 4 features at H/4..H/32)``; :func:`build_segmentor` builds one by name
   (``"unet"``, ``"merit"``, ``"timm:<backbone>"``; the registry :data:`SEGMENTORS`); :func:`prior_from_logits`.
-- :class:`HiDiff`: segmentor + refiner + Bernoulli diffusion (prior, loss, refinement, masks).
+- :class:`HiDiff`: segmentor + refiner + Bernoulli diffusion (prior, loss, refinement, masks), with its
+  :class:`RefineSettings` (how it refines by default; :data:`STORED` marks an argument that takes them).
 - :func:`freeze` / :class:`FrozenBBDM`: the deployable refiner (folded, packed, per-step tables,
   per-image condition cache).
 - :data:`BASELINES`, :func:`build_baseline`: the Table XI baselines (MERIT, BerDiff, PD-DDPM,
@@ -14,7 +15,7 @@
 from .baselines import BASELINES, BaselineSpec, build_baseline
 from .bbdm import BBDM
 from .frozen import ConditionCache, FrozenBBDM, freeze
-from .hidiff import HiDiff
+from .hidiff import STORED, HiDiff
 from .segmentors import (
     SEGMENTORS,
     MeritSegmentor,
@@ -25,6 +26,7 @@ from .segmentors import (
     prior_from_logits,
     segmentor_spec,
 )
+from .settings import RefineSettings
 from .xformer import XFormer
 
 __all__ = [
@@ -35,7 +37,9 @@ __all__ = [
     "FrozenBBDM",
     "HiDiff",
     "MeritSegmentor",
+    "RefineSettings",
     "SEGMENTORS",
+    "STORED",
     "SegmentorSpec",
     "TimmSegmentor",
     "UNet",

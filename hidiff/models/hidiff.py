@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -11,9 +11,31 @@ from torch import Tensor, nn
 from .bbdm import BBDM
 from .frozen import FrozenBBDM, freeze
 from .segmentors import prior_from_logits
+from .settings import RefineSettings
 
 if TYPE_CHECKING:
     from hidiff.diffusion import BernoulliDiffusion, DiffusionLoss
+
+
+class _Stored:
+    """Type of :data:`STORED`."""
+
+    _instance: _Stored | None = None
+
+    def __new__(cls) -> _Stored:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "STORED"
+
+
+#: Default of the sampling arguments of :meth:`HiDiff.refine`: "the model's stored setting" (``steps=None`` already
+#: means all T, so None cannot say it).
+STORED: Any = _Stored()
+#: The sampling arguments that :meth:`HiDiff.refine` takes and :attr:`HiDiff.settings` stores.
+SAMPLING_ARGUMENTS = frozenset({"steps", "samples", "sampler", "seed", "frozen"})
 
 
 class HiDiff(nn.Module):
@@ -66,6 +88,41 @@ class HiDiff(nn.Module):
         # attribute, not a submodule (no state_dict entries; moved by refreezing).
         self._frozen_cache: dict[tuple[int, ...], FrozenBBDM] = {}
         self._frozen_from: tuple | None = None
+        self.settings = RefineSettings()
+
+    @property
+    def settings(self) -> RefineSettings:
+        """The refinement settings that :meth:`refine`, :meth:`segment` and evaluation use by default.
+
+        A model built from a configuration (:func:`hidiff.factory.build_model`) starts with the configuration's;
+        training replaces them with the setting chosen on the validation split, and checkpoints store them.
+        Assign a :class:`~hidiff.models.settings.RefineSettings` to change them.
+        """
+        return self._settings
+
+    @settings.setter
+    def settings(self, value: RefineSettings) -> None:
+        if not isinstance(value, RefineSettings):
+            raise TypeError(f"settings must be a RefineSettings, got {type(value).__name__}")
+        self._settings = value
+
+    def resolve_settings(self, **overrides) -> RefineSettings:
+        """:attr:`settings` with the explicitly given sampling arguments replaced (see :meth:`refine`).
+
+        Arguments left at :data:`STORED` keep the stored value; any other value wins, ``steps=None`` included
+        (all T).
+        """
+        given = {name: value for name, value in overrides.items() if value is not STORED}
+        unknown = sorted(set(given) - SAMPLING_ARGUMENTS)
+        if unknown:
+            raise TypeError(f"unknown sampling arguments {unknown}; expected some of {sorted(SAMPLING_ARGUMENTS)}")
+        if "frozen" in given:
+            frozen = given["frozen"]
+            if isinstance(frozen, FrozenBBDM):
+                given.pop("frozen")  # a given frozen refiner is used as it is, whatever the settings say
+            elif not isinstance(frozen, bool):
+                raise TypeError(f"frozen must be a bool or a FrozenBBDM, got {type(frozen).__name__}")
+        return self.settings.override(**given)
 
     @property
     def num_classes(self) -> int:
@@ -174,13 +231,17 @@ class HiDiff(nn.Module):
     def refine(
         self,
         x: Tensor,
-        steps: int | None = None,
-        samples: int = 1,
-        sampler: str = "ddim",
-        seed: int = 0,
-        frozen: bool | FrozenBBDM = True,
+        steps: int | None = STORED,
+        samples: int = STORED,
+        sampler: str = STORED,
+        seed: int = STORED,
+        frozen: bool | FrozenBBDM = STORED,
     ) -> Tensor:
         """Refined continuous map ``y0_hat`` (no gradients: the reverse chain samples Bernoulli draws).
+
+        Every sampling argument left out takes the model's stored value (:attr:`settings`); given ones win.
+        ``refine`` always runs the refiner, even where the stored settings turn refinement off (see
+        :meth:`segment`).
 
         Args:
             x: float ``(B, Cimg, H, W)``, H and W divisible by 32.
@@ -188,7 +249,7 @@ class HiDiff(nn.Module):
             samples: ensemble size.
             sampler: ``"ddim"`` or ``"ancestral"``.
             seed: sampling seed.
-            frozen: True (default): with the refiner in eval mode, run its frozen form
+            frozen: True (the stored default): with the refiner in eval mode, run its frozen form
                 (:meth:`frozen_refiner`: packed weights, per-step tables, fused kernels, the
                 condition computed once), the fast path; False: the refiner layer by layer; a
                 :class:`~hidiff.models.frozen.FrozenBBDM`: that one.
@@ -208,11 +269,11 @@ class HiDiff(nn.Module):
         x: Tensor,
         prior: Tensor,
         features: list[Tensor],
-        steps: int | None = None,
-        samples: int = 1,
-        sampler: str = "ddim",
-        seed: int = 0,
-        frozen: bool | FrozenBBDM = True,
+        steps: int | None = STORED,
+        samples: int = STORED,
+        sampler: str = STORED,
+        seed: int = STORED,
+        frozen: bool | FrozenBBDM = STORED,
     ) -> Tensor:
         """:meth:`refine` from an already computed prior and features (one segmentor pass serves both
         the segmentor's own prediction and the refinement).
@@ -230,13 +291,15 @@ class HiDiff(nn.Module):
         Raises:
             ValueError: ``frozen`` lacks tables for some timestep the sampler visits.
         """
+        settings = self.resolve_settings(steps=steps, samples=samples, sampler=sampler, seed=seed, frozen=frozen)
+        form = frozen if isinstance(frozen, FrozenBBDM) else settings.frozen
         return self.diffusion.sample(
-            self.denoiser(x, prior, features, steps, frozen),
+            self.denoiser(x, prior, features, settings.steps, form),
             prior,
-            steps=steps,
-            sampler=sampler,
-            samples=samples,
-            seed=seed,
+            steps=settings.steps,
+            sampler=settings.sampler,
+            samples=settings.samples,
+            seed=settings.seed,
         )
 
     def denoiser(
@@ -272,13 +335,24 @@ class HiDiff(nn.Module):
         return lambda y_t, t: frozen.step(cache, y_t, prior, t)
 
     @torch.no_grad()
-    def segment(self, x: Tensor, refine: bool = True, **kwargs) -> Tensor:
-        """Final mask: the refined map (``refine=True``, ``kwargs`` go to :meth:`refine`) or the prior,
-        thresholded at 0.5 (K = 1) or one-hot argmax (K > 1).
+    def segment(self, x: Tensor, refine: bool | None = None, **kwargs) -> Tensor:
+        """Final mask: the refined map or the prior, thresholded at 0.5 (K = 1) or one-hot argmax (K > 1).
+
+        With no arguments this is what the model was tuned to output (:attr:`settings`: the sampler setting chosen
+        on validation, or the segmentor's own mask where refinement did not beat it there).
+
+        Args:
+            x: float ``(B, Cimg, H, W)``, H and W divisible by 32.
+            refine: True: refine; False: the segmentor's mask; None (default): ``settings.refine``, or True when
+                sampling arguments are given.
+            **kwargs: sampling arguments of :meth:`refine` (``steps``, ``samples``, ``sampler``, ``seed``,
+                ``frozen``); the stored settings fill the others.
 
         Returns:
             float32 ``(B, K, H, W)`` in {0, 1}.
         """
+        if refine is None:
+            refine = bool(kwargs) or self.settings.refine
         if refine:
             return self.diffusion.to_mask(self.refine(x, **kwargs))
         if kwargs:

@@ -1,10 +1,12 @@
-"""The ``hidiff`` command: train, evaluate, segment and demo.
+"""The ``hidiff`` command: train, evaluate, select, diagnose, segment and demo.
 
 Examples::
 
     hidiff train --config configs/kvasir.yaml --set train.pretrain_iterations=2000
     torchrun --nproc_per_node 2 -m hidiff.cli train --config configs/kvasir.yaml
     hidiff evaluate --checkpoint runs/kvasir/best.pt --split test --output runs/kvasir/test.json
+    hidiff evaluate --checkpoint runs/kvasir/best.pt --dataset cvc --data-root CVC-ClinicDB --split test
+    hidiff select --checkpoint runs/kvasir/best.pt --split val
     hidiff diagnose --checkpoint runs/kvasir/best.pt --split val
     hidiff segment polyp.jpg --checkpoint runs/kvasir/best.pt --output-dir masks/
     hidiff demo
@@ -122,14 +124,20 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser, ensemble: bool = Tr
         "--steps",
         type=_positive_int,
         default=None,
-        help="reverse diffusion steps (default: the checkpoint's diffusion.sample_steps; null there: all T)",
+        help="reverse diffusion steps (default: the model's stored setting, chosen on validation)",
     )
     if ensemble:
         parser.add_argument(
             "--samples",
             type=_positive_int,
             default=None,
-            help="ensemble size: samples averaged per image (default: the checkpoint's diffusion.ensemble)",
+            help="ensemble size: samples averaged per image (default: the model's stored setting)",
+        )
+        parser.add_argument(
+            "--refine",
+            action="store_true",
+            help="run the refiner even where the model's stored settings turn refinement off (because no setting "
+            "beat the segmentor on validation); --steps, --samples and --sampler imply it",
         )
         parser.add_argument(
             "--layer-by-layer",
@@ -138,26 +146,60 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser, ensemble: bool = Tr
             "fused kernels; the default, several times faster, same results up to float rounding)",
         )
     parser.add_argument(
-        "--sampler", choices=Sampler.choices(), default=None, help="default: the checkpoint's diffusion.sampler"
+        "--sampler", choices=Sampler.choices(), default=None, help="default: the model's stored setting"
     )
-    parser.add_argument("--seed", type=_seed, default=0, help="sampling seed (same seed, same masks)")
+    parser.add_argument(
+        "--seed", type=_seed, default=None, help="sampling seed (same seed, same masks; default: the stored one)"
+    )
     parser.add_argument("--no-ema", action="store_true", help="use the raw refiner weights instead of the EMA")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     parser.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: torch's choice)")
 
 
-def _settings(args: argparse.Namespace, config):
-    """Sampler settings: the command line's where given, else the checkpoint configuration's (chosen on validation)."""
-    from .evaluation import RefineSettings
+def _settings(args: argparse.Namespace, model):
+    """The model's stored refinement settings with the command line's sampling arguments where given."""
+    given: dict = {}
+    for name in ("steps", "samples", "sampler", "seed"):
+        if getattr(args, name, None) is not None:
+            given[name] = getattr(args, name)
+    if getattr(args, "layer_by_layer", False):
+        given["frozen"] = False
+    if getattr(args, "refine", False) or given.keys() & {"steps", "samples", "sampler"}:
+        given["refine"] = True
+    settings = model.settings.override(**given)
+    logger.info("refinement: %s", settings.describe(model.diffusion.num_steps))
+    return settings
 
-    diffusion = config.diffusion
-    return RefineSettings(
-        steps=args.steps if args.steps is not None else diffusion.sample_steps,
-        samples=args.samples if args.samples is not None else diffusion.ensemble,
-        sampler=args.sampler if args.sampler is not None else diffusion.sampler,
-        seed=args.seed,
-        frozen=not getattr(args, "layer_by_layer", False),
-    )
+
+def _evaluation_dataset(args: argparse.Namespace, model, config):
+    """The dataset that ``evaluate``/``select`` read: the checkpoint's own, or ``--dataset`` (cross-dataset
+    evaluation) at the checkpoint's training resolution.
+
+    Raises:
+        ValueError: the other dataset's image channels or class count differ from the model's.
+    """
+    from .data import build_dataset
+
+    if args.data_root is not None and not Path(args.data_root).is_dir():
+        raise NotADirectoryError(f"--data-root {args.data_root} is not a directory")
+    name = getattr(args, "dataset", None) or config.data.name
+    if name == config.data.name:
+        root = args.data_root if args.data_root is not None else config.data.root
+        return build_dataset(name, root, args.split, **config.data.dataset_kwargs())
+    # Another reader: only the training resolution carries over (the other keyword arguments are the training
+    # reader's own).
+    size = {} if config.data.image_size is None else {"image_size": config.data.image_size}
+    dataset = build_dataset(name, args.data_root, args.split, **size)
+    expected = {"in_channels": model.segmentor.in_channels, "num_classes": model.num_classes}
+    for attribute, value in expected.items():
+        found = getattr(dataset, attribute, None)
+        if found is not None and found != value:
+            raise ValueError(
+                f"--dataset {name} has {attribute} = {found}, but the checkpoint's model (trained on "
+                f"{config.data.name}) expects {value}: a model can be evaluated only on data with its image channels "
+                "and classes"
+            )
+    return dataset
 
 
 def _command_train(args: argparse.Namespace) -> int:
@@ -171,7 +213,6 @@ def _command_train(args: argparse.Namespace) -> int:
 
 
 def _command_evaluate(args: argparse.Namespace) -> int:
-    from .data import build_dataset
     from .evaluation import evaluate
     from .factory import load_model
     from .metrics import format_report
@@ -181,47 +222,74 @@ def _command_evaluate(args: argparse.Namespace) -> int:
     if args.data_root is not None and not Path(args.data_root).is_dir():
         raise NotADirectoryError(f"--data-root {args.data_root} is not a directory")
     model, config = load_model(args.checkpoint, use_ema=not args.no_ema, device=args.device)
-    root = args.data_root if args.data_root is not None else config.data.root
-    dataset = build_dataset(config.data.name, root, args.split, **config.data.dataset_kwargs())
+    dataset = _evaluation_dataset(args, model, config)
+    name = args.dataset or config.data.name
+    settings = _settings(args, model)
     # Readers that train on crops of larger images (DRIVE, CHASE_DB1) are evaluated by a sliding window.
     window = args.window or getattr(dataset, "crop_size", None)
+    trained_on = f" (trained on {config.data.name})" if name != config.data.name else ""
     if args.seeds:
         from .comparison import compare, format_comparison
 
         if args.no_refine:
             raise ValueError("--seeds compares the refined masks with the segmentor's: drop --no-refine")
         comparison = compare(
-            model,
-            dataset,
-            _settings(args, config),
-            args.seeds,
-            batch_size=args.batch_size,
-            window=window,
-            device=args.device,
+            model, dataset, settings, args.seeds, batch_size=args.batch_size, window=window, device=args.device
         )
-        print(f"## {config.data.name} / {args.split}: segmentor vs HiDiff, paired per image\n")
+        print(f"## {name} / {args.split}{trained_on}: segmentor vs HiDiff, paired per image\n")
+        print(f"HiDiff: {settings.describe(model.diffusion.num_steps)}\n")
         print(format_comparison(comparison))
         report = vars(comparison)
     else:
         result = evaluate(
             model,
             dataset,
-            settings=_settings(args, config),
+            settings=settings,
             refine=not args.no_refine,
             batch_size=args.batch_size,
             window=window,
             device=args.device,
         )
-        print(f"## {config.data.name} / {args.split}: {result.num_images} images\n")
+        print(f"## {name} / {args.split}{trained_on}: {result.num_images} images\n")
         print("### Segmentor alone\n\n" + format_report(result.segmentor))
         if result.refined is not None:
-            print("\n### HiDiff (refined)\n\n" + format_report(result.refined))
+            print(f"\n### HiDiff: {settings.describe(model.diffusion.num_steps)}\n\n" + format_report(result.refined))
         report = vars(result)
+    report = {"dataset": name, "trained_on": config.data.name, "split": args.split, **report}
     if args.output:
         output = Path(args.output)
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(report, indent=2, default=_json_value))
         logger.info("wrote %s", output)
+    return 0
+
+
+def _command_select(args: argparse.Namespace) -> int:
+    from .factory import load_model
+    from .selection import format_selection, select_settings, store_settings
+
+    _existing_file(args.checkpoint, "--checkpoint")
+    model, config = load_model(args.checkpoint, use_ema=not args.no_ema, device=args.device)
+    args.dataset = None
+    dataset = _evaluation_dataset(args, model, config)
+    chosen = select_settings(
+        model,
+        dataset,
+        steps=[None if s == 0 else s for s in args.grid_steps],
+        ensembles=args.grid_samples,
+        sampler=args.sampler,
+        seed=args.seed if args.seed is not None else model.settings.seed,
+        split=args.split,
+        batch_size=args.batch_size,
+        window=getattr(dataset, "crop_size", None),
+        device=args.device,
+    )
+    print(format_selection(chosen, model.diffusion.num_steps))
+    if args.dry_run:
+        logger.info("--dry-run: %s left unchanged", args.checkpoint)
+    else:
+        store_settings(args.checkpoint, chosen)
+        logger.info("stored in %s", args.checkpoint)
     return 0
 
 
@@ -238,18 +306,29 @@ def _command_diagnose(args: argparse.Namespace) -> int:
     model, config = load_model(args.checkpoint, use_ema=not args.no_ema, device=args.device)
     root = args.data_root if args.data_root is not None else config.data.root
     dataset = build_dataset(config.data.name, root, args.split, **config.data.dataset_kwargs())
+    settings = _settings(args, model)
     result = diagnose(
         model,
         dataset,
-        steps=args.steps if args.steps is not None else config.diffusion.sample_steps,
-        sampler=args.sampler if args.sampler is not None else config.diffusion.sampler,
+        steps=settings.steps,
+        sampler=settings.sampler,
         max_images=args.max_images,
         batch_size=args.batch_size,
-        seed=args.seed,
+        seed=settings.seed,
         device=args.device,
     )
     print(f"## Refiner diagnostics: {config.data.name} / {args.split}\n")
     print(format_diagnostics(result))
+    if not args.no_prior_errors:
+        from .prior_errors import compare_splits, format_prior_errors
+
+        # The priors the refiner learned from (training images, augmented as in training) against these.
+        train_set = build_dataset(config.data.name, root, config.data.train_split, **config.data.dataset_kwargs())
+        splits = {f"{config.data.train_split} (as trained)": train_set, args.split: dataset}
+        limits = {"max_images": args.max_images, "batch_size": args.batch_size}
+        errors = compare_splits(model, splits, device=args.device, **limits)
+        print("### The segmentor's prior: training images vs these\n")
+        print(format_prior_errors(errors))
     output_dir = (
         Path(args.output_dir) if args.output_dir else Path(args.checkpoint).parent / f"diagnostics_{args.split}"
     )
@@ -270,7 +349,7 @@ def _command_segment(args: argparse.Namespace) -> int:
     image_size = args.image_size if args.image_size is not None else config.data.image_size
     if image_size is None:
         raise ValueError("the model was trained without a fixed image size: pass --image-size")
-    written = segment_files(model, args.images, args.output_dir, image_size, _settings(args, config))
+    written = segment_files(model, args.images, args.output_dir, image_size, _settings(args, model))
     for path in written:
         print(path)
     return 0
@@ -323,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True)
+    from .data.registry import DATASETS
 
     train = commands.add_parser("train", help="pre-train the segmentor, then alternate-collaborative training")
     train.add_argument("--config", help="YAML config (see configs/); defaults apply to missing keys")
@@ -346,6 +426,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", required=True, help="trainer checkpoint (best.pt or latest.pt)")
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--data-root", default=None, help="dataset folder (default: the one in the checkpoint)")
+    evaluate.add_argument(
+        "--dataset",
+        choices=sorted(DATASETS),
+        default=None,
+        help="evaluate on another registered dataset (cross-dataset, e.g. kvasir -> cvc) at the checkpoint's "
+        "training resolution; give its folder with --data-root (default: the checkpoint's dataset)",
+    )
     evaluate.add_argument("--batch-size", type=_positive_int, default=8)
     evaluate.add_argument(
         "--window",
@@ -365,6 +452,37 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_arguments(evaluate)
     evaluate.set_defaults(handler=_command_evaluate)
 
+    select = commands.add_parser(
+        "select",
+        help="choose a checkpoint's refinement settings on a validation split and store them in it",
+        description="Evaluates every (steps, samples) pair of the grid and the segmentor alone on the split; stores "
+        "the setting with the best Dice, or refinement off when none beats the segmentor, as the checkpoint's "
+        "default (what model.segment(x), evaluate and segment use). Training does this at its end.",
+    )
+    select.add_argument("--checkpoint", required=True, help="trainer checkpoint (best.pt or latest.pt)")
+    select.add_argument("--split", default="val", help="dataset split to choose on (default: val; never the test)")
+    select.add_argument("--data-root", default=None, help="dataset folder (default: the one in the checkpoint)")
+    select.add_argument("--batch-size", type=_positive_int, default=8)
+    select.add_argument(
+        "--grid-steps",
+        type=int,
+        nargs="+",
+        default=[1, 2, 5, 0],
+        help="reverse-step counts to try, 0 for all T (default: 1 2 5 0)",
+    )
+    select.add_argument(
+        "--grid-samples", type=_positive_int, nargs="+", default=[1, 4, 16], help="ensemble sizes (default: 1 4 16)"
+    )
+    select.add_argument("--dry-run", action="store_true", help="print the table, leave the checkpoint unchanged")
+    select.add_argument(
+        "--sampler", choices=Sampler.choices(), default=None, help="default: the model's stored sampler"
+    )
+    select.add_argument("--seed", type=_seed, default=None, help="sampling seed of every trial (default: stored)")
+    select.add_argument("--no-ema", action="store_true", help="choose for the raw refiner weights, not the EMA")
+    select.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    select.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: torch's choice)")
+    select.set_defaults(handler=_command_select)
+
     diagnose = commands.add_parser(
         "diagnose",
         help="refiner calibration per timestep and reverse-chain statistics, with figures",
@@ -379,6 +497,12 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.add_argument("--max-images", type=int, default=None, help="measure only the first N images")
     diagnose.add_argument(
         "--output-dir", default=None, help="where the figures and tables go (default: beside the checkpoint)"
+    )
+    diagnose.add_argument(
+        "--no-prior-errors",
+        action="store_true",
+        help="skip the table of the prior's errors (Dice, BCE, false-positive blobs, missed components, boundary "
+        "share) on the training images against the diagnosed split",
     )
     _add_sampling_arguments(diagnose, ensemble=False)
     diagnose.set_defaults(handler=_command_diagnose)
@@ -403,7 +527,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--alternate-iterations", type=_positive_int, default=None)
     demo.add_argument("--seed", type=_seed, default=0)
     demo.add_argument(
-        "--samples", type=_positive_int, default=None, help="ensemble size of the refinement (default: the preset's)"
+        "--samples",
+        type=_positive_int,
+        default=None,
+        help="ensemble size of the refinement (default: chosen on validation among 1, 4 and 16)",
     )
     demo.set_defaults(handler=_command_demo)
 

@@ -38,6 +38,8 @@ A configuration file has five sections and one top-level key; every key is optio
       model_posterior: mixture  # p(y_{t-1} | y_t) from y0_hat in the KL and the ancestral sampler: "mixture" of
                                 # the exact posteriors (Bayes) or the paper's "plugin" into Eq. 7
       dice_weight: 0.0        # weight of a soft Dice loss on y0_hat in L_Diff (0: the paper's loss)
+      last_step_fraction: 0.0 # fraction of training timesteps drawn at t = T-1, the step a one-step sampler uses
+                              # (the rest uniform; 0: uniform, the paper's; 1: a one-pass refiner)
     optim:
       lr: 1.0e-4              # AdamW learning rate (YAML needs the "1.0e-4" form; "1e-4" strings are accepted too)
       weight_decay: 0.01
@@ -64,6 +66,10 @@ A configuration file has five sections and one top-level key; every key is optio
       seed: 0
       deterministic: false         # torch.use_deterministic_algorithms (exact resumption on CUDA)
       find_unused_parameters: false  # DistributedDataParallel's option, for models with unused branches
+      select_sampling: true        # at the end, choose the model's refinement settings on the validation split
+                                   # (stored in the checkpoints; refinement off if no setting beats the segmentor)
+      selection_steps: [1, 2, 5, null]  # reverse-step counts tried (null: all T) ...
+      selection_ensembles: [1, 4, 16]   # ... times these ensemble sizes, with diffusion.sampler
     output_dir: runs/hidiff
 
 Unknown keys raise ValueError naming them (e.g. ``optim.lrr``), so a typo cannot silently fall back to a default.
@@ -147,6 +153,7 @@ class DiffusionConfig:
     first_step_term: str = "y0_hat"
     model_posterior: str = "mixture"
     dice_weight: float = 0.0
+    last_step_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         _require(self.num_steps > 0, f"diffusion.num_steps must be > 0, got {self.num_steps}")
@@ -162,6 +169,10 @@ class DiffusionConfig:
         _require(self.ensemble > 0, f"diffusion.ensemble must be > 0, got {self.ensemble}")
         _require(self.focal_gamma >= 0, f"diffusion.focal_gamma must be >= 0, got {self.focal_gamma}")
         _require(self.dice_weight >= 0, f"diffusion.dice_weight must be >= 0, got {self.dice_weight}")
+        _require(
+            0 <= self.last_step_fraction <= 1,
+            f"diffusion.last_step_fraction must be in [0, 1], got {self.last_step_fraction}",
+        )
         _require(self.focal_weight >= 0, f"diffusion.focal_weight must be >= 0, got {self.focal_weight}")
 
 
@@ -220,6 +231,9 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     find_unused_parameters: bool = False
+    select_sampling: bool = True
+    selection_steps: list[int | None] = field(default_factory=lambda: [1, 2, 5, None])
+    selection_ensembles: list[int] = field(default_factory=lambda: [1, 4, 16])
 
     def __post_init__(self) -> None:
         for name in (
@@ -232,6 +246,14 @@ class TrainConfig:
             _require(getattr(self, name) >= 0, f"train.{name} must be >= 0, got {getattr(self, name)}")
         _require(self.log_interval > 0, f"train.log_interval must be > 0, got {self.log_interval}")
         _require(self.best_mode in ("max", "min"), f"train.best_mode must be 'max' or 'min', got {self.best_mode}")
+        _require(
+            len(self.selection_steps) > 0 and all(s is None or s > 0 for s in self.selection_steps),
+            f"train.selection_steps must be a non-empty list of step counts > 0 or null, got {self.selection_steps}",
+        )
+        _require(
+            len(self.selection_ensembles) > 0 and all(k > 0 for k in self.selection_ensembles),
+            f"train.selection_ensembles must be a non-empty list of ensemble sizes > 0, got {self.selection_ensembles}",
+        )
 
 
 @dataclass

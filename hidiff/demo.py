@@ -19,11 +19,12 @@ from torch import Tensor
 from .config import TrainingConfig
 from .data import build_dataset
 from .diagnostics import diagnose, write_diagnostics
-from .evaluation import RefineSettings, evaluate, predict
+from .evaluation import evaluate, predict
 from .factory import load_model
 from .metrics import format_report
-from .models import BBDM, HiDiff
+from .models import BBDM, HiDiff, RefineSettings
 from .profiling.timing import median_seconds
+from .selection import format_selection
 from .training import run_training
 
 logger = logging.getLogger(__name__)
@@ -94,6 +95,8 @@ def demo_config(
                 "checkpoint_interval": 0,
                 "diagnostics_images": 32,
                 "seed": seed,
+                # An explicit ensemble size is the only one tried when the settings are chosen on validation.
+                **({} if samples is None else {"selection_ensembles": [samples]}),
             },
             "output_dir": str(output_dir),
         }
@@ -113,8 +116,10 @@ def time_refinement(model: HiDiff, image: Tensor, steps: int | None, repeats: in
     prior, features = model.prior(image)
     real = HiDiff(model.segmentor, BBDM(**{**model.refiner.config, "binary": False}), model.diffusion).eval()
     runs = {
-        "frozen": lambda: model.refine_from_prior(image, prior, features, steps=steps),
-        "layer_by_layer": lambda: model.refine_from_prior(image, prior, features, steps=steps, frozen=False),
+        "frozen": lambda: model.refine_from_prior(image, prior, features, steps=steps, samples=1, sampler="ddim"),
+        "layer_by_layer": lambda: model.refine_from_prior(
+            image, prior, features, steps=steps, samples=1, sampler="ddim", frozen=False
+        ),
         "real": lambda: real.refine_from_prior(image, prior, features, steps=steps, frozen=False),
     }
     # The warm-up call of median_seconds freezes the refiner and packs the weights, once.
@@ -172,7 +177,8 @@ def run_demo(
         image_size: training/evaluation resolution (default per dataset, divisible by 32).
         pretrain_iterations, alternate_iterations: override the preset's iteration counts.
         seed: training and sampling seed.
-        samples: override the preset's ensemble size (samples averaged per image).
+        samples: the ensemble size (samples averaged per image), instead of choosing it on validation among
+            1, 4 and 16.
 
     Returns:
         ``{"segmentor": metrics, "refined": metrics, "timing": {...}, "figure": path, "diagnostics":
@@ -191,12 +197,8 @@ def run_demo(
     diagnostics = diagnose(model, val_set, max_images=32, seed=seed, progress=False)
     write_diagnostics(diagnostics, run_dir / "diagnostics_val")
     test_set = build_dataset(config.data.name, config.data.root, "test", **kwargs)
-    settings = RefineSettings(
-        steps=config.diffusion.sample_steps,
-        samples=config.diffusion.ensemble,
-        sampler=config.diffusion.sampler,
-        seed=seed,
-    )
+    # The model's own defaults: the refinement setting chosen on the validation split at the end of training.
+    settings = model.settings.override(seed=seed)
     result = evaluate(model, test_set, settings=settings, batch_size=8)
     timing = time_refinement(model, test_set[0]["image"][None], settings.steps)
     figure = save_demo_figure(model, test_set, run_dir / "demo.png", settings)
@@ -212,13 +214,13 @@ def run_demo(
         f"  eps BCE gain over the prior-only Bayes denoiser, t = 0..{model.diffusion.num_steps - 1}: {gains}",
         f"  learned beyond the segmentor's prior at every t: {'yes' if diagnostics.learned_beyond_prior else 'no'}",
         "",
-        f"test split: {result.num_images} images, {settings.sampler.upper()} with {steps} steps, "
-        f"mean of {settings.samples} samples",
+        format_selection(model.settings, model.diffusion.num_steps),
+        f"test split: {result.num_images} images; HiDiff's defaults: {settings.describe(model.diffusion.num_steps)}",
         "",
         "Segmentor alone:",
         format_report(result.segmentor),
         "",
-        "HiDiff (binary refiner):",
+        "HiDiff (binary refiner, model.segment(x) with its defaults):",
         format_report(result.refined),
         "",
         f"One refinement sample ({steps} steps, batch 1, {torch.get_num_threads()} threads):",

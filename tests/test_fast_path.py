@@ -16,7 +16,14 @@ TINY_CONFIG = {
     "data": {"name": "synthetic", "image_size": 64, "batch_size": 2, "num_workers": 0, "kwargs": {"length": 4}},
     "model": {"segmentor_kwargs": {"base_channels": 4}, "refiner_channels": 32},
     "diffusion": {"num_steps": 4, "sample_steps": 2, "ensemble": 2},
-    "train": {"pretrain_iterations": 2, "alternate_iterations": 2, "eval_interval": 0, "checkpoint_interval": 0},
+    # The sampler settings stay the configuration's (not chosen on validation), so the call counts below are known.
+    "train": {
+        "pretrain_iterations": 2,
+        "alternate_iterations": 2,
+        "eval_interval": 0,
+        "checkpoint_interval": 0,
+        "select_sampling": False,
+    },
 }
 
 

@@ -121,6 +121,7 @@ def run_training(
                 ) from error
         trainer.pretrain_segmentor()
         trainer.train_alternate()
+        trainer.select_sampling()
         if trainer.is_main:
             logger.info("training finished: %s", trainer.output_dir)
         return trainer.output_dir

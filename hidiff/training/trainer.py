@@ -50,7 +50,7 @@ from ..checkpoint import remove_stale_temporaries, save_checkpoint
 from ..config import TrainingConfig
 from ..factory import checkpoint_header, read_checkpoint
 from ..losses import discriminative_loss_terms
-from ..models import HiDiff, prior_from_logits
+from ..models import HiDiff, RefineSettings, prior_from_logits
 from . import distributed
 from .ema import EMA
 from .logs import PHASES, LossLog
@@ -217,14 +217,11 @@ class Trainer:
         batch_size, device = self.config.data.batch_size, self.device
 
         def validate(model: HiDiff, phase: str) -> dict[str, float]:
-            from ..evaluation import RefineSettings, evaluate
+            from ..evaluation import evaluate
 
-            settings = RefineSettings(
-                steps=diffusion_config.sample_steps,
-                samples=diffusion_config.ensemble,
-                sampler=diffusion_config.sampler,
-                seed=self.config.train.seed,
-            )
+            # Validation during training scores the configured sampler, the same at every interval (the
+            # settings chosen at the end must not decide which checkpoint is best).
+            settings = RefineSettings.from_config(diffusion_config).override(seed=self.config.train.seed)
             result = evaluate(
                 model,
                 val_set,
@@ -268,12 +265,21 @@ class Trainer:
         step = self.steps["alternate"]
         write_diagnostics(result, self.output_dir / "diagnostics", prefix=f"alternate_{step:06d}_")
         rows = result.timesteps
-        return {
+        report = {
             "eps_bce": sum(r.bce for r in rows) / len(rows),
             "eps_bce_prior_only": sum(r.bce_prior_only for r in rows) / len(rows),
             "eps_bce_gain_min": min(r.bce_prior_only - r.bce for r in rows),
             "chain_dice": result.dice_chain,
         }
+        # The prior the refiner learns from (training images, augmented) against the one it will meet.
+        from ..prior_errors import compare_splits
+
+        splits = {"train": self.train_set, "val": val_set}
+        limits = {"max_images": self.config.train.diagnostics_images, "batch_size": self.config.data.batch_size}
+        for errors in compare_splits(model, splits, device=self.device, **limits):
+            for key in ("dice", "bce", "false_positive_blobs", "missed_components", "boundary_error_share"):
+                report[f"prior_{key}_{errors.split}"] = getattr(errors, key)
+        return report
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.config.optim.amp)
@@ -570,6 +576,61 @@ class Trainer:
             self.best = {"value": value, "step": self.steps[phase]}
             self._improved = True
 
+    def select_sampling(self) -> RefineSettings | None:
+        """Chooses the model's refinement settings on the validation split once training is complete.
+
+        On rank 0, with the weights the checkpoints' users get (the refiner's EMA when ``train.eval_ema``), it runs
+        :func:`hidiff.selection.select_settings` over ``train.selection_steps x train.selection_ensembles`` and
+        stores the result as ``model.settings`` and in ``latest.pt``. ``best.pt``, when it holds an earlier model,
+        gets its own choice, made with its own weights. Does nothing without a validation split, with
+        ``train.select_sampling`` off, before the alternate phase is complete, or when the settings were already
+        chosen (a resumed, finished run).
+
+        Returns:
+            The settings chosen for the final model on rank 0, None elsewhere or when nothing was done.
+        """
+        train = self.config.train
+        done = self.steps["alternate"] >= train.alternate_iterations
+        if self.val_set is None or not train.select_sampling or not done or self.model.settings.source == "validation":
+            return None
+        chosen = None
+        if self.is_main:
+            from ..factory import load_model
+            from ..selection import format_selection, select_settings, store_settings
+
+            def choose(model: HiDiff) -> RefineSettings:
+                model.eval()
+                return select_settings(
+                    model,
+                    self.val_set,
+                    steps=train.selection_steps,
+                    ensembles=train.selection_ensembles,
+                    sampler=self.config.diffusion.sampler,
+                    seed=train.seed,
+                    split=self.config.data.val_split,
+                    batch_size=self.config.data.batch_size,
+                    device=self.device,
+                    progress=False,
+                )
+
+            with self.ema.apply_to(self.refiner) if train.eval_ema else contextlib.nullcontext():
+                chosen = choose(self.model)
+            self.model.settings = chosen
+            logger.info("\n%s", format_selection(chosen, self.diffusion.num_steps))
+        path = self.save()
+        best_path = self.output_dir / "best.pt"
+        if self.is_main and best_path.is_file():
+            if self.best.get("step") == self.steps["alternate"]:
+                best_settings = chosen
+            else:
+                best_model, _ = load_model(best_path, use_ema=train.eval_ema, device=self.device)
+                best_settings = choose(best_model)
+                logger.info("best.pt (alternate step %s): %s", self.best.get("step"), best_settings.describe())
+            store_settings(best_path, best_settings)
+        if path is not None:
+            logger.info("refinement settings stored in %s", path)
+        return chosen
+
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs (tensors and primitive containers only)."""
         return {
@@ -585,6 +646,7 @@ class Trainer:
             "world_size": self.world_size,
             "best": dict(self.best),
             "rng": get_rng_state(),
+            "sampling": self.model.settings.to_dict(),
         }
 
     def _write_config(self) -> None:
@@ -651,6 +713,7 @@ class Trainer:
         self.steps = {phase: int(state["steps"][phase]) for phase in PHASES}
         self.batches_consumed = int(state["batches_consumed"])
         self.best = dict(state["best"])
+        self.model.settings = RefineSettings.from_dict(state["sampling"], f"the sampling entry of {path}")
         set_rng_state(state["rng"])
         self.log.restore(self.steps)
         logger.info("resumed %s at %s", path, ", ".join(f"{p} {s}" for p, s in self.steps.items()))

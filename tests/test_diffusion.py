@@ -477,3 +477,17 @@ def test_modes_parse_once_with_an_error_naming_the_argument_and_the_choices():
         BernoulliDiffusion(model_posterior="mix")
     config = DiffusionConfig(sampler=Sampler.ANCESTRAL)
     assert type(config.sampler) is str and config.sampler == "ancestral"  # plain strings stay YAML-safe
+
+
+def test_last_step_fraction_draws_that_share_of_training_timesteps_at_t_minus_1():
+    uniform = BernoulliDiffusion(num_steps=10)
+    weighted = BernoulliDiffusion(num_steps=10, last_step_fraction=0.5)
+    t = weighted.sample_timesteps(20000, generator=torch.Generator().manual_seed(0))
+    assert abs((t == 9).float().mean().item() - 0.55) < 0.02  # half at T-1, plus the uniform half's share
+    assert ((t >= 0) & (t < 10)).all()
+    only_last = BernoulliDiffusion(num_steps=10, last_step_fraction=1.0)
+    assert (only_last.sample_timesteps(64, generator=torch.Generator().manual_seed(1)) == 9).all()
+    reference = torch.randint(0, 10, (32,), generator=torch.Generator().manual_seed(2))
+    assert torch.equal(uniform.sample_timesteps(32, generator=torch.Generator().manual_seed(2)), reference)
+    with pytest.raises(ValueError, match="last_step_fraction"):
+        BernoulliDiffusion(last_step_fraction=1.5)

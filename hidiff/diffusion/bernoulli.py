@@ -56,7 +56,11 @@ class BernoulliDiffusion:
         first_step_term: FirstStepTerm | str = FirstStepTerm.Y0_HAT,
         model_posterior: ModelPosterior | str = ModelPosterior.MIXTURE,
         dice_weight: float = 0.0,
+        last_step_fraction: float = 0.0,
     ) -> None:
+        if not 0.0 <= last_step_fraction <= 1.0:
+            raise ValueError(f"last_step_fraction must be in [0, 1], got {last_step_fraction}")
+        self.last_step_fraction = float(last_step_fraction)
         if focal_gamma < 0:
             raise ValueError(f"focal_gamma must be >= 0, got {focal_gamma}")
         if focal_weight < 0:
@@ -75,7 +79,7 @@ class BernoulliDiffusion:
             f"{type(self).__name__}(num_steps={self.num_steps}, schedule={self.schedule.name!r}, "
             f"focal_gamma={self.focal_gamma}, focal_weight={self.focal_weight}, "
             f"first_step_term={self.first_step_term!r}, model_posterior={self.model_posterior!r}, "
-            f"dice_weight={self.dice_weight})"
+            f"dice_weight={self.dice_weight}, last_step_fraction={self.last_step_fraction})"
         )
 
     @property
@@ -127,8 +131,14 @@ class BernoulliDiffusion:
     def sample_timesteps(
         self, batch: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None
     ) -> Tensor:
-        """Uniform int64 ``(batch,)`` timesteps in ``0..T-1``."""
-        return torch.randint(0, self.num_steps, (batch,), generator=generator, device=device)
+        """int64 ``(batch,)`` training timesteps in ``0..T-1``: uniform, except that each is ``T - 1`` with
+        probability ``last_step_fraction`` (the step a one-step sampler evaluates; 0: uniform, the paper's)."""
+        t = torch.randint(0, self.num_steps, (batch,), generator=generator, device=device)
+        if self.last_step_fraction > 0:
+            # Always drawn when the option is on, so that the stream of the forward noise does not depend on it.
+            last = torch.rand(batch, generator=generator, device=device) < self.last_step_fraction
+            t = torch.where(last, torch.full_like(t, self.num_steps - 1), t)
+        return t
 
     def q_sample(
         self, y0: Tensor, prior: Tensor, t: Tensor, generator: torch.Generator | None = None

@@ -65,6 +65,13 @@ def remove_stale_temporaries(directory: str | Path, names: Sequence[str] = ("lat
     return removed
 
 
+def _current_umask() -> int:
+    """The process's file-creation mask (reading it means setting it, so it is set back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
     """Writes `state` to `path` atomically: the file is either the old checkpoint or the complete new one.
 
@@ -82,9 +89,16 @@ def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
     if not isinstance(state, Mapping):
         raise TypeError(f"state must be a mapping, got {type(state).__name__}")
     path = Path(path)
+    for folder in path.parents:
+        if folder.exists():
+            if not folder.is_dir():
+                raise NotADirectoryError(f"cannot write checkpoint {path}: {folder} is a file, not a directory")
+            break
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
     try:
+        # mkstemp makes the file private (0600); a checkpoint gets the mode any new file gets under the umask.
+        os.fchmod(fd, 0o666 & ~_current_umask())
         with os.fdopen(fd, "wb") as handle:
             torch.save(dict(state), handle)
             handle.flush()

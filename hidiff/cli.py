@@ -303,6 +303,11 @@ def _command_diagnose(args: argparse.Namespace) -> int:
     from .diagnostics import diagnose, format_diagnostics, write_diagnostics
     from .factory import load_model
 
+    _existing_file(args.checkpoint, "--checkpoint")
+    output_dir = (
+        Path(args.output_dir) if args.output_dir else Path(args.checkpoint).parent / f"diagnostics_{args.split}"
+    )
+    _writable_dir(str(output_dir), "--output-dir")
     model, config = load_model(args.checkpoint, use_ema=not args.no_ema, device=args.device)
     root = args.data_root if args.data_root is not None else config.data.root
     dataset = build_dataset(config.data.name, root, args.split, **config.data.dataset_kwargs())
@@ -329,9 +334,6 @@ def _command_diagnose(args: argparse.Namespace) -> int:
         errors = compare_splits(model, splits, device=args.device, **limits)
         print("### The segmentor's prior: training images vs these\n")
         print(format_prior_errors(errors))
-    output_dir = (
-        Path(args.output_dir) if args.output_dir else Path(args.checkpoint).parent / f"diagnostics_{args.split}"
-    )
     for kind, path in write_diagnostics(result, output_dir).items():
         logger.info("wrote %s (%s)", path, kind)
     return 0
@@ -493,8 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.add_argument("--checkpoint", required=True, help="trainer checkpoint (best.pt or latest.pt)")
     diagnose.add_argument("--split", default="val", help="dataset split (default: val)")
     diagnose.add_argument("--data-root", default=None, help="dataset folder (default: the one in the checkpoint)")
-    diagnose.add_argument("--batch-size", type=int, default=8)
-    diagnose.add_argument("--max-images", type=int, default=None, help="measure only the first N images")
+    diagnose.add_argument("--batch-size", type=_positive_int, default=8)
+    diagnose.add_argument("--max-images", type=_positive_int, default=None, help="measure only the first N images")
     diagnose.add_argument(
         "--output-dir", default=None, help="where the figures and tables go (default: beside the checkpoint)"
     )

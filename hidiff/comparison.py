@@ -107,6 +107,8 @@ def compare(
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError("seeds must hold at least one seed")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct (a repeated seed draws the same masks again), got {seeds}")
     segmentor_values: dict[str, np.ndarray] | None = None
     refined_runs: list[dict[str, np.ndarray]] = []
     for seed in seeds:

@@ -78,6 +78,7 @@ Unknown keys raise ValueError naming them (e.g. ``optim.lrr``), so a typo cannot
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -355,12 +356,17 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
         # PyYAML reads "1e-4" (no dot) as a string; accept numeric strings rather than surprise the user.
         if isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 raise ValueError(f"{name} must be a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        elif isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"{name} must be a number, got {value!r}")
-        return float(value)
+        else:
+            number = float(value)
+        # YAML reads ".inf" and ".nan" as numbers; no setting means them, and they fail late (in training).
+        if not math.isfinite(number):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+        return number
     if hint is str:
         if not isinstance(value, str):
             raise ValueError(f"{name} must be a string, got {value!r}")

@@ -24,6 +24,9 @@ from .models import HiDiff, RefineSettings
 
 logger = logging.getLogger(__name__)
 
+#: The files written per image: ``<name>_mask.png`` (refined), ``<name>_prior.png`` and ``<name>_overlay.png``.
+OUTPUT_SUFFIXES = ("_mask.png", "_prior.png", "_overlay.png")
+
 
 def read_image(path: str | Path, channels: int = 3) -> Tensor:
     """Reads an image file as float32 ``(C, H, W)`` in [0, 1] (RGB for 3 channels, greyscale for 1).
@@ -135,20 +138,34 @@ def segment_files(
         the paths of the refined masks.
 
     Raises:
-        ValueError: when `image_size` is not positive or a file is given twice.
+        ValueError: when `image_size` is not positive, a file is given twice, an output would replace an input, or an
+            input cannot be read (all checked before anything is written).
     """
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
         raise ValueError(f"image_size must be a positive int, got {image_size!r}")
     names = output_names(paths)
     output_dir = Path(output_dir)
+    inputs = {Path(p).resolve(): p for p in paths}
+    for stem in names:
+        for suffix in OUTPUT_SUFFIXES:
+            target = (output_dir / f"{stem}{suffix}").resolve()
+            if target in inputs:
+                raise ValueError(
+                    f"the output {output_dir / f'{stem}{suffix}'} would replace the input {inputs[target]}: choose "
+                    "another --output-dir (inputs are never written over)"
+                )
+    # Every input is read once before anything is written: a bad file fails the call, not half of it.
+    for path in paths:
+        read_image(path, model.refiner.image_channels)
     output_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for path, stem in zip(paths, names, strict=True):
         image = read_image(path, model.refiner.image_channels)
         segmentation = segment_image(model, image, image_size, settings)
-        Image.fromarray(label_map(segmentation.refined_mask)).save(output_dir / f"{stem}_mask.png")
-        Image.fromarray(label_map(segmentation.prior_mask)).save(output_dir / f"{stem}_prior.png")
-        save_overlay(segmentation, output_dir / f"{stem}_overlay.png", title=Path(path).name)
+        mask_suffix, prior_suffix, overlay_suffix = OUTPUT_SUFFIXES
+        Image.fromarray(label_map(segmentation.refined_mask)).save(output_dir / f"{stem}{mask_suffix}")
+        Image.fromarray(label_map(segmentation.prior_mask)).save(output_dir / f"{stem}{prior_suffix}")
+        save_overlay(segmentation, output_dir / f"{stem}{overlay_suffix}", title=Path(path).name)
         written.append(output_dir / f"{stem}_mask.png")
         logger.info("segmented %s -> %s", path, written[-1])
     return written

@@ -16,7 +16,7 @@ from . import distributed
 from .seeding import derive_seed, seed_everything
 from .trainer import Trainer
 
-__all__ = ["RUN_FILES", "build_datasets", "prepare_output_dir", "run_training"]
+__all__ = ["RUN_FILES", "build_datasets", "clear_previous_run", "prepare_output_dir", "run_training"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,34 +45,53 @@ RUN_FILES = (
 """The files a training run writes into its output directory."""
 
 
-def prepare_output_dir(output_dir: str | Path, resume: str | Path | None, overwrite: bool) -> None:
-    """Refuses to start a new run over an earlier one, unless resuming it or told to overwrite it.
+def prepare_output_dir(output_dir: str | Path, resume: str | Path | None, overwrite: bool) -> list[Path]:
+    """Checks that a run may start in `output_dir`; deletes nothing (see :func:`clear_previous_run`).
 
     Args:
         output_dir: the run's output directory.
-        resume: the checkpoint the run continues from, if any (its directory's files are then the run's own).
-        overwrite: delete the earlier run's files (:data:`RUN_FILES`) and start afresh.
+        resume: the checkpoint the run continues from, if any. Its run continues in `output_dir` only when
+            `output_dir` is the checkpoint's own folder or holds no run (a copy of the checkpoint continued elsewhere).
+        overwrite: the earlier run's files may be replaced once the new run has started.
+
+    Returns:
+        The earlier run's files that the new run will replace (empty unless `overwrite`).
 
     Raises:
-        FileExistsError: when `output_dir` holds a run, `resume` is None and `overwrite` is False.
+        FileExistsError: when `output_dir` holds a run, `resume` is None and `overwrite` is False; or when it holds a
+            run other than the one `resume` belongs to (resuming there would mix two runs' checkpoints and logs).
         NotADirectoryError: when `output_dir` exists and is not a directory.
     """
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise NotADirectoryError(f"output_dir {str(output_dir)!r} exists and is not a directory")
     existing = [output_dir / name for name in RUN_FILES if (output_dir / name).exists()]
-    if not existing or resume is not None:
-        return
+    if not existing:
+        return []
+    if resume is not None:
+        if Path(resume).resolve().parent != output_dir.resolve():
+            raise FileExistsError(
+                f"output_dir {str(output_dir)!r} holds another run ({', '.join(p.name for p in existing)}) than the "
+                f"checkpoint {resume}: resume into the checkpoint's own folder (output_dir="
+                f"{str(Path(resume).parent)!r}) or into an empty output_dir"
+            )
+        return []
     if not overwrite:
         raise FileExistsError(
             f"output_dir {str(output_dir)!r} already holds a run ({', '.join(p.name for p in existing)}); "
             "continue it with --resume <output_dir>/latest.pt, choose another output_dir, or pass --overwrite "
             "to replace it"
         )
-    for path in existing:
+    return existing
+
+
+def clear_previous_run(files: list[Path]) -> None:
+    """Deletes an earlier run's files (from :func:`prepare_output_dir`) once the new run is ready to start."""
+    for path in files:
         # Every process of a torchrun launch may get here before any has joined the group.
         path.unlink(missing_ok=True)
-    logger.warning("overwriting the run in %s", output_dir)
+    if files:
+        logger.warning("overwriting the run in %s", files[0].parent)
 
 
 def run_training(
@@ -100,8 +119,9 @@ def run_training(
         FileExistsError: when ``config.output_dir`` holds a run and neither `resume` nor `overwrite` is given.
         ValueError: when the checkpoint to resume does not fit the configured model.
     """
-    # Checked before any work, so a refusal costs nothing.
-    prepare_output_dir(config.output_dir, resume, overwrite)
+    # Checked before any work, so a refusal costs nothing; an overwritten run's files go only once the new run's
+    # data and model are known to load (a missing data root must not leave an empty folder behind).
+    previous_run = prepare_output_dir(config.output_dir, resume, overwrite)
     owns_group = not torch.distributed.is_initialized()
     info = distributed.init_distributed(device=device)
     try:
@@ -109,6 +129,7 @@ def run_training(
         # Same initial weights on every rank (DDP also broadcasts rank 0's at wrapping).
         seed_everything(derive_seed(config.train.seed))
         model = build_model(config, train_set.in_channels, train_set.num_classes)
+        clear_previous_run(previous_run)
         trainer = Trainer(config, model, train_set, val_set, device=info.device)
         if resume is not None:
             try:

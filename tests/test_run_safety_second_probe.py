@@ -1,0 +1,128 @@
+"""Second reliability probe: runs and inputs are never lost, bad numbers and paths fail before any work."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hidiff import cli
+from hidiff.checkpoint import save_checkpoint
+from hidiff.comparison import compare
+from hidiff.config import TrainingConfig
+from hidiff.inference import segment_files
+from hidiff.models import RefineSettings
+from hidiff.training import run_training
+
+TINY = {
+    "data": {"name": "synthetic", "image_size": 32, "batch_size": 2, "num_workers": 0, "kwargs": {"length": 4}},
+    "model": {"segmentor_kwargs": {"base_channels": 4}, "refiner_channels": 32},
+    "diffusion": {"num_steps": 4},
+    "train": {
+        "pretrain_iterations": 1,
+        "alternate_iterations": 1,
+        "eval_interval": 0,
+        "checkpoint_interval": 0,
+        "select_sampling": False,
+    },
+}
+
+
+def _config(output_dir, **data) -> TrainingConfig:
+    return TrainingConfig.from_dict({**TINY, "data": {**TINY["data"], **data}, "output_dir": str(output_dir)})
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("probe2") / "run"
+    run_training(_config(out), device="cpu")
+    return out
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def test_overwrite_keeps_the_old_run_when_the_new_one_cannot_start(run_dir, tmp_path):
+    before = _files(run_dir)
+    bad = _config(run_dir, name="kvasir", root=str(tmp_path / "missing"), kwargs={})
+    with pytest.raises(FileNotFoundError):
+        run_training(bad, device="cpu", overwrite=True)
+    assert _files(run_dir) == before
+
+
+def test_resume_into_a_folder_holding_another_run_is_refused(run_dir, tmp_path):
+    other = tmp_path / "other"
+    run_training(_config(other), device="cpu")
+    before = _files(other)
+    with pytest.raises(FileExistsError, match="holds another run"):
+        run_training(_config(other), resume=run_dir / "latest.pt", device="cpu")
+    assert _files(other) == before
+
+
+def test_segment_never_writes_over_an_input(run_dir, tmp_path):
+    from hidiff.factory import load_model
+
+    model, _ = load_model(run_dir / "latest.pt")
+    image = tmp_path / "case1.jpg"
+    Image.fromarray(np.full((20, 20, 3), 128, np.uint8)).save(image)
+    truth = tmp_path / "case1_mask.png"
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(truth)
+    before = truth.read_bytes()
+    with pytest.raises(ValueError, match="would replace the input .*case1_mask.png"):
+        segment_files(model, [image, truth], tmp_path, 32, RefineSettings(steps=1))
+    assert truth.read_bytes() == before
+
+
+def test_segment_checks_every_input_before_writing(run_dir, tmp_path):
+    from hidiff.factory import load_model
+
+    model, _ = load_model(run_dir / "latest.pt")
+    good = tmp_path / "ok.png"
+    Image.fromarray(np.full((20, 20, 3), 128, np.uint8)).save(good)
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="corrupt.jpg"):
+        segment_files(model, [good, corrupt], tmp_path / "out", 32, RefineSettings(steps=1))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan"])
+def test_non_finite_numbers_are_config_errors(value):
+    import yaml
+
+    with pytest.raises(ValueError, match="optim.lr must be a finite number"):
+        TrainingConfig.from_dict({"optim": {"lr": yaml.safe_load(value)}})
+
+
+def test_repeated_seeds_are_refused(run_dir):
+    from hidiff.factory import load_model
+
+    model, _ = load_model(run_dir / "latest.pt")
+    with pytest.raises(ValueError, match="seeds must be distinct"):
+        compare(model, [], RefineSettings(steps=1), seeds=[0, 0], progress=False)
+
+
+def test_checkpoints_follow_the_umask_and_name_a_file_in_the_way(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        path = save_checkpoint(tmp_path / "a.pt", {"x": torch.zeros(1)})
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    (tmp_path / "file.pt").write_bytes(b"")
+    with pytest.raises(NotADirectoryError, match="file.pt is a file"):
+        save_checkpoint(tmp_path / "file.pt" / "sub.pt", {})
+
+
+def test_diagnose_rejects_zero_images_and_a_file_as_output_dir(run_dir, tmp_path, caplog):
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["diagnose", "--checkpoint", "x.pt", "--max-images", "0"])
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    code = cli.main(["diagnose", "--checkpoint", str(run_dir / "latest.pt"), "--output-dir", str(blocker)])
+    assert code == 2 and "--output-dir" in caplog.text

@@ -131,6 +131,11 @@ class PackedWeightCache(Generic[_Packed]):
         self._key = None
         self._value = None
 
+    def __getstate__(self) -> dict:
+        # The cache is derived data tied to this process's tensors (a weak reference cannot be pickled): a pickled or
+        # deep-copied layer starts empty and packs its own weights on first use.
+        return {"_pack": self._pack, "_weight": None, "_key": None, "_value": None}
+
     def get(self, weight: Tensor) -> _Packed:
         """The value for ``weight``, from the cache when ``weight`` is the tensor last packed and is unchanged."""
         if torch.compiler.is_compiling():
@@ -555,6 +560,8 @@ def binarize(model: nn.Module, skip_first_last: bool = True, exclude: Iterable[s
     keep = set()
     if skip_first_last and convs:
         keep.update({convs[0][0], convs[-1][0]})
+    # Every replacement is built before any is swapped in: an unsupported layer leaves the model as it was.
+    replacements = []
     for name, conv in convs:
         if name in keep or _matches(name, exclude):
             continue
@@ -563,7 +570,11 @@ def binarize(model: nn.Module, skip_first_last: bool = True, exclude: Iterable[s
             continue
         if not name:
             raise ValueError("binarize: model is itself an nn.Conv2d; use BinaryConv2d.from_conv(model)")
+        try:
+            replacements.append((name, BinaryConv2d.from_conv(conv)))
+        except (ValueError, TypeError) as error:
+            raise type(error)(f"binarize: layer {name!r} cannot be binarised (model left unchanged): {error}") from error
+    for name, binary in replacements:
         parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        setattr(parent, child, BinaryConv2d.from_conv(conv))
+        setattr(model.get_submodule(parent_name), child, binary)
     return model

@@ -126,3 +126,39 @@ def test_diagnose_rejects_zero_images_and_a_file_as_output_dir(run_dir, tmp_path
     blocker.write_text("")
     code = cli.main(["diagnose", "--checkpoint", str(run_dir / "latest.pt"), "--output-dir", str(blocker)])
     assert code == 2 and "--output-dir" in caplog.text
+
+
+def test_binary_layers_and_models_pickle_after_a_packed_forward():
+    import io
+    import pickle
+
+    from hidiff.diffusion import BernoulliDiffusion
+    from hidiff.models import BBDM, HiDiff, UNet
+    from hidiff_kernels.nn import BinaryConv2d
+
+    layer = BinaryConv2d(8, 8, 3, padding=1).eval()
+    x = torch.randn(1, 8, 6, 6)
+    with torch.no_grad():
+        expected = layer(x)
+        assert torch.equal(pickle.loads(pickle.dumps(layer))(x), expected)
+    torch.manual_seed(0)
+    segmentor = UNet(3, 1, base_channels=4)
+    model = HiDiff(segmentor, BBDM(3, 1, 32, cond_channels=segmentor.feature_channels), BernoulliDiffusion(3)).eval()
+    image = torch.rand(1, 3, 64, 64)
+    model.refine(image, frozen=False)
+    model.refine(image)
+    torch.save(model, io.BytesIO())
+    assert torch.equal(pickle.loads(pickle.dumps(model)).refine(image), model.refine(image))
+
+
+def test_binarize_validates_every_layer_before_swapping_any():
+    from torch import nn
+
+    from hidiff_kernels.nn import binarize
+
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 2, padding="same"), nn.Conv2d(8, 1, 1)
+    )
+    with pytest.raises(ValueError, match="layer '2' cannot be binarised \\(model left unchanged\\)"):
+        binarize(model)
+    assert all(type(layer) is nn.Conv2d for layer in model)

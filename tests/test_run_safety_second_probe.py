@@ -162,3 +162,66 @@ def test_binarize_validates_every_layer_before_swapping_any():
     with pytest.raises(ValueError, match="layer '2' cannot be binarised \\(model left unchanged\\)"):
         binarize(model)
     assert all(type(layer) is nn.Conv2d for layer in model)
+
+
+def _refiner_model():
+    from hidiff.diffusion import BernoulliDiffusion
+    from hidiff.models import BBDM, HiDiff, UNet
+
+    torch.manual_seed(0)
+    diffusion = BernoulliDiffusion(num_steps=4)
+    segmentor = UNet(3, 1, base_channels=4)
+    refiner = BBDM(3, 1, 32, cond_channels=segmentor.feature_channels, prior_flip_rates=diffusion.flip_scales)
+    torch.nn.init.normal_(refiner.head.conv.weight, std=0.5)
+    return HiDiff(segmentor, refiner, diffusion).eval()
+
+
+def _binary_conv(refiner):
+    from hidiff_kernels.nn import BinaryConv2d
+
+    return next(m for m in refiner.modules() if isinstance(m, BinaryConv2d))
+
+
+def _batch_norm(refiner):
+    return next(m for m in refiner.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+WRITES = {
+    "data.copy_ + clear_packed_cache": lambda r: (
+        _binary_conv(r).weight.data.copy_(torch.randn_like(_binary_conv(r).weight)),
+        _binary_conv(r).clear_packed_cache(),
+    ),
+    "data.mul_": lambda r: r.input_conv.weight.data.mul_(3.0),
+    "float layer data.zero_": lambda r: r.head.conv.weight.data.zero_(),
+    "numpy view": lambda r: r.input_conv.weight.data.numpy().__imul__(-1.0),
+    "data = twice": lambda r: [setattr(r.input_conv.weight, "data", r.input_conv.weight.data * 2) for _ in range(2)],
+    "prior_flip_rates": lambda r: setattr(r, "prior_flip_rates", tuple(0.5 * v for v in r.prior_flip_rates)),
+    "BatchNorm eps": lambda r: setattr(_batch_norm(r), "eps", 0.5),
+    "a submodule in train mode": lambda r: _batch_norm(r).train(),
+}
+
+
+@pytest.mark.parametrize("write", sorted(WRITES))
+def test_the_cached_frozen_refiner_sees_every_change(write):
+    model = _refiner_model()
+    x = torch.rand(2, 3, 64, 64)
+    before = model.refine(x, steps=2, samples=2)  # freezes and caches
+    with torch.no_grad():
+        WRITES[write](model.refiner)
+    frozen = model.refine(x, steps=2, samples=2)
+    layer_by_layer = model.refine(x, steps=2, samples=2, frozen=False)
+    assert (frozen - layer_by_layer).abs().max() < 1e-4
+    assert not torch.equal(frozen, before) or write == "a submodule in train mode"
+
+
+def test_a_model_loaded_under_inference_mode_refreezes_after_a_write():
+    model = _refiner_model()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.inference_mode():
+        state = {k: v.clone() for k, v in model.refiner.state_dict().items()}
+        model.refiner.load_state_dict(state)
+        model.refine(x, steps=2)
+        model.refiner.input_conv.weight.mul_(2.0)
+        frozen = model.refine(x, steps=2)
+        layer_by_layer = model.refine(x, steps=2, frozen=False)
+    assert (frozen - layer_by_layer).abs().max() < 1e-4

@@ -38,6 +38,19 @@ STORED: Any = _Stored()
 SAMPLING_ARGUMENTS = frozenset({"steps", "samples", "sampler", "seed", "frozen"})
 
 
+def _is_plain(value: object) -> bool:
+    """A bool, number, string or None, or a tuple of them (what a module's setting attributes hold)."""
+    if isinstance(value, tuple):
+        return all(_is_plain(item) for item in value)
+    return value is None or isinstance(value, bool | int | float | str)
+
+
+def _plain_settings(module: nn.Module) -> tuple:
+    """A module's type, training flag and public plain-valued attributes, sorted by name."""
+    attributes = sorted((k, v) for k, v in vars(module).items() if not k.startswith("_") and _is_plain(v))
+    return (type(module).__name__, *attributes)
+
+
 class HiDiff(nn.Module):
     """Segmentor + refiner (+ the diffusion process, a plain object, not a submodule).
 
@@ -183,22 +196,35 @@ class HiDiff(nn.Module):
         return freeze(self.refiner, self.diffusion.timesteps(steps))
 
     def _refiner_state(self) -> tuple:
-        """Identifies the refiner's weights: storage, device and version counter of every tensor.
+        """A fingerprint of everything the frozen form is derived from.
 
-        In-place updates (an optimizer step, ``load_state_dict``, BatchNorm statistics) bump a
-        tensor's version; ``.to()`` or swapping tensors changes its storage. Tensors created under
-        ``torch.inference_mode`` have no version counter: only their storage is compared.
+        Per tensor (parameters and buffers): storage, device, shape, version counter and its contents
+        (the float64 sum and absolute sum), so that writes the version counter does not see
+        (``.data`` writes, numpy views, a ``.data =`` swap that reuses the freed storage, tensors made
+        under ``torch.inference_mode``) are seen too; per module: its training flag and its public
+        plain-valued attributes (BatchNorm ``eps``, ``prior_flip_rates``, ...). Reading the sums costs
+        one pass over the weights per refinement (about 2% of a 10-step refinement at C = 128).
         """
-        return tuple(
-            (tensor.data_ptr(), tensor.device, 0 if tensor.is_inference() else tensor._version)
-            for tensor in (*self.refiner.parameters(), *self.refiner.buffers())
-        )
+        with torch.no_grad():
+            tensors = [*self.refiner.parameters(), *self.refiner.buffers()]
+            layout = tuple(
+                (t.data_ptr(), t.device, tuple(t.shape), 0 if t.is_inference() else t._version) for t in tensors
+            )
+            contents = (
+                tuple(torch.stack([t.detach().sum(dtype=torch.float64) for t in tensors]).tolist())
+                + tuple(torch.stack([t.detach().abs().sum(dtype=torch.float64) for t in tensors]).tolist())
+                if tensors
+                else ()
+            )
+        settings = tuple((name, _plain_settings(module)) for name, module in self.refiner.named_modules())
+        return layout, contents, settings
 
     def frozen_refiner(self, steps: int | None = None) -> FrozenBBDM:
         """The frozen refiner for ``steps`` sampler steps, frozen once and reused.
 
-        It is frozen again when the refiner's weights or buffers change (training, loading, an
-        in-place update, moving the model), so it always computes what ``refiner.eval()`` computes.
+        It is frozen again when the refiner's weights, buffers or module settings change (training,
+        loading, any write to a weight, moving the model; see :meth:`_refiner_state`), so it always
+        computes what ``refiner.eval()`` computes.
 
         Raises:
             TypeError: the refiner is not a :class:`~hidiff.models.BBDM` (only BBDMs can be frozen).
@@ -221,9 +247,10 @@ class HiDiff(nn.Module):
             return frozen
         if not isinstance(frozen, bool):
             raise TypeError(f"frozen must be a bool or a FrozenBBDM, got {type(frozen).__name__}")
-        # The frozen form computes the eval-mode refiner: a refiner in training mode (batch
-        # statistics) or one that cannot be frozen runs as it is.
-        if frozen and isinstance(self.refiner, BBDM) and not self.refiner.training:
+        # The frozen form computes the eval-mode refiner: a refiner with any module in training mode
+        # (batch statistics) or one that cannot be frozen runs as it is.
+        in_eval = not any(module.training for module in self.refiner.modules())
+        if frozen and isinstance(self.refiner, BBDM) and in_eval:
             return self.frozen_refiner(steps)
         return None
 

@@ -199,11 +199,17 @@ def save_model(path: str | Path, model: HiDiff, config: TrainingConfig) -> Path:
     :func:`load_model` reads.
 
     The file is written atomically (:func:`hidiff.checkpoint.save_checkpoint`); `config` must be the configuration
-    `model` was built from (:func:`build_model`).
+    `model` was built from (:func:`build_model`): the model it builds is compared with `model` first.
 
     Returns:
         The path written.
+
+    Raises:
+        ValueError: `config` builds another model than `model` (its refiner's constructor arguments, or the names
+            and shapes of either network's weights, differ), which the file would then reload as; nothing is
+            written.
     """
+    _check_config_builds(model, config)
     state = {
         **checkpoint_header(config),
         "segmentor": model.segmentor.state_dict(),
@@ -211,6 +217,29 @@ def save_model(path: str | Path, model: HiDiff, config: TrainingConfig) -> Path:
         "sampling": model.settings.to_dict(),
     }
     return save_checkpoint(path, state)
+
+
+def _check_config_builds(model: HiDiff, config: TrainingConfig) -> None:
+    """Raises ValueError naming the differences when `config` does not build `model`'s architecture."""
+    expected = build_model(config, model.refiner.image_channels, model.num_classes)
+    problems = []
+    if hasattr(model.refiner, "config") and expected.refiner.config != model.refiner.config:
+        ours, theirs = model.refiner.config, expected.refiner.config
+        for key in sorted(set(ours) | set(theirs)):
+            if ours.get(key) != theirs.get(key):
+                problems.append(f"refiner {key}: model {ours.get(key)!r}, config {theirs.get(key)!r}")
+    for name in ("segmentor", "refiner"):
+        ours = {k: tuple(v.shape) for k, v in getattr(model, name).state_dict().items()}
+        theirs = {k: tuple(v.shape) for k, v in getattr(expected, name).state_dict().items()}
+        if ours != theirs:
+            differing = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+            problems.append(f"{name} weights {', '.join(differing[:3])}{' ...' if len(differing) > 3 else ''}")
+    if problems:
+        raise ValueError(
+            "save_model: the configuration does not build this model, so the file would reload as another one ("
+            + "; ".join(problems)
+            + "): pass the configuration the model was built from"
+        )
 
 
 def _load_weights(module: nn.Module, state: dict[str, Tensor], what: str, checkpoint: str | Path) -> None:

@@ -225,3 +225,20 @@ def test_a_model_loaded_under_inference_mode_refreezes_after_a_write():
         frozen = model.refine(x, steps=2)
         layer_by_layer = model.refine(x, steps=2, frozen=False)
     assert (frozen - layer_by_layer).abs().max() < 1e-4
+
+
+def test_save_model_refuses_a_config_that_builds_another_model(tmp_path):
+    from hidiff.diffusion import BernoulliDiffusion
+    from hidiff.factory import build_model, load_model, save_model
+    from hidiff.models import BBDM, HiDiff
+
+    config = TrainingConfig.from_dict({**TINY, "output_dir": str(tmp_path)})
+    model = build_model(config, 3, 1)
+    # The same architecture without the residual output: the config would reload it as the residual form.
+    refiner = BBDM(3, 1, 32, cond_channels=model.segmentor.feature_channels, prior_flip_rates=None)
+    direct = HiDiff(model.segmentor, refiner, BernoulliDiffusion(num_steps=4))
+    with pytest.raises(ValueError, match="refiner prior_flip_rates: model None"):
+        save_model(tmp_path / "direct.pt", direct, config)
+    assert not (tmp_path / "direct.pt").exists()
+    save_model(tmp_path / "model.pt", model, config)
+    assert load_model(tmp_path / "model.pt")[0].refiner.config == model.refiner.config

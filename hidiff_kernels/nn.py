@@ -99,6 +99,18 @@ def _combine_thresholds(own: Tensor | None, extra: Tensor | None) -> Tensor | No
     return own + extra
 
 
+def _check_threshold(threshold: Tensor | None, channels: int, batch: int, layer: str) -> None:
+    """Raises ValueError unless `threshold` is None, ``(channels,)`` or ``(batch, channels)`` (all channels, whatever
+    the groups: every path, grouped or not, packed or straight-through, gets the same check)."""
+    if threshold is None:
+        return
+    if tuple(threshold.shape) not in ((channels,), (batch, channels)):
+        raise ValueError(
+            f"threshold must have shape ({channels},) or ({batch}, {channels}) for {layer} with in_channels="
+            f"{channels} and a batch of {batch}, got {tuple(threshold.shape)}"
+        )
+
+
 def _weight_scale(weight: Tensor) -> Tensor:
     """XNOR-Net scale alpha_o = mean |W_o| per output channel, outside autograd. Shape (O,)."""
     return weight.detach().abs().flatten(1).mean(1)
@@ -320,6 +332,7 @@ class BinaryConv2d(_BinaryLayer):
     def forward(self, x: Tensor, threshold: Tensor | None = None) -> Tensor:
         self._check_input(x)
         threshold = _combine_thresholds(self.threshold, threshold)
+        _check_threshold(threshold, self.in_channels, x.shape[0], type(self).__name__)
         if self._use_packed_kernels(x, threshold):
             return self._forward_packed(x, threshold)
         return self._forward_ste(x, threshold)

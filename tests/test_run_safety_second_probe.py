@@ -242,3 +242,13 @@ def test_save_model_refuses_a_config_that_builds_another_model(tmp_path):
     assert not (tmp_path / "direct.pt").exists()
     save_model(tmp_path / "model.pt", model, config)
     assert load_model(tmp_path / "model.pt")[0].refiner.config == model.refiner.config
+
+
+@pytest.mark.parametrize("shape", [(16,), (9,), (2, 9), (2, 16)])
+@pytest.mark.parametrize("training", [False, True])
+def test_grouped_binary_conv_rejects_thresholds_of_the_wrong_length(shape, training):
+    from hidiff_kernels.nn import BinaryConv2d
+
+    layer = BinaryConv2d(8, 8, 3, padding=1, groups=2).train(training)
+    with torch.no_grad(), pytest.raises(ValueError, match=r"threshold must have shape \(8,\) or \(2, 8\)"):
+        layer(torch.randn(2, 8, 5, 5), torch.zeros(shape))

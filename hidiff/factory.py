@@ -43,6 +43,7 @@ __all__ = [
     "load_model",
     "read_checkpoint",
     "save_model",
+    "weights_entry",
 ]
 
 #: The ``format`` entry of every HiDiff checkpoint: which kind of file it is (a fixed tag; the layout's version is
@@ -183,8 +184,20 @@ def load_model(
             model of its configuration.
     """
     state = read_checkpoint(checkpoint, map_location=device)
-    config = TrainingConfig.from_dict(state["config"])
-    refiner_state = state["ema"]["shadow"] if use_ema and "ema" in state else state["refiner"]
+    config = _entry_config(state, checkpoint)
+    if use_ema and "ema" in state:
+        ema = state["ema"]
+        if not isinstance(ema, dict) or "shadow" not in ema:
+            raise ValueError(
+                f"checkpoint {checkpoint} has a corrupted 'ema' entry (expected a dict with 'shadow', got "
+                f"{sorted(ema) if isinstance(ema, dict) else type(ema).__name__}); load it with use_ema=False "
+                "(--no-ema) to use the raw refiner weights"
+            )
+        refiner_state = weights_entry(ema["shadow"], "ema.shadow", checkpoint)
+    else:
+        refiner_state = weights_entry(state["refiner"], "refiner", checkpoint)
+    for entry in ("segmentor", "refiner"):  # checked even where unused: a damaged file is reported, not half-read
+        weights_entry(state[entry], entry, checkpoint)
     in_channels, num_classes = _image_and_class_channels(refiner_state, checkpoint)
     model = build_model(config, in_channels, num_classes)
     _load_weights(model.segmentor, state["segmentor"], "segmentor", checkpoint)
@@ -217,6 +230,27 @@ def save_model(path: str | Path, model: HiDiff, config: TrainingConfig) -> Path:
         "sampling": model.settings.to_dict(),
     }
     return save_checkpoint(path, state)
+
+
+def weights_entry(value: Any, entry: str, checkpoint: str | Path) -> dict[str, Tensor]:
+    """`value` when it is a state dict (names -> tensors), else a ValueError naming the checkpoint and the entry."""
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in value.items()):
+        found = type(value).__name__
+        if isinstance(value, dict):
+            bad = next(k for k, v in value.items() if not isinstance(k, str) or not isinstance(v, Tensor))
+            found = f"a dict whose {bad!r} is a {type(value[bad]).__name__}"
+        raise ValueError(f"checkpoint {checkpoint}: its {entry!r} entry is corrupted (expected weights, got {found})")
+    return value
+
+
+def _entry_config(state: dict[str, Any], checkpoint: str | Path) -> TrainingConfig:
+    """The checkpoint's configuration, or a ValueError naming the file."""
+    if not isinstance(state["config"], dict):
+        raise ValueError(f"checkpoint {checkpoint}: its 'config' entry is a {type(state['config']).__name__}, not a dict")
+    try:
+        return TrainingConfig.from_dict(state["config"])
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"checkpoint {checkpoint}: its configuration is invalid: {error}") from error
 
 
 def _check_config_builds(model: HiDiff, config: TrainingConfig) -> None:

@@ -252,3 +252,25 @@ def test_grouped_binary_conv_rejects_thresholds_of_the_wrong_length(shape, train
     layer = BinaryConv2d(8, 8, 3, padding=1, groups=2).train(training)
     with torch.no_grad(), pytest.raises(ValueError, match=r"threshold must have shape \(8,\) or \(2, 8\)"):
         layer(torch.randn(2, 8, 5, 5), torch.zeros(shape))
+
+
+CORRUPTIONS = {
+    "ema without shadow": lambda s: s["ema"].pop("shadow"),
+    "ema of a wrong type": lambda s: s.__setitem__("ema", [1, 2]),
+    "refiner of a wrong type": lambda s: s.__setitem__("refiner", "weights"),
+    "a weight that is not a tensor": lambda s: s["segmentor"].__setitem__(next(iter(s["segmentor"])), 3.0),
+}
+
+
+@pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
+def test_corrupted_checkpoint_entries_name_the_file(run_dir, tmp_path, corruption):
+    from hidiff.checkpoint import load_checkpoint
+    from hidiff.factory import load_model
+
+    state = load_checkpoint(run_dir / "latest.pt")
+    CORRUPTIONS[corruption](state)
+    path = save_checkpoint(tmp_path / "damaged.pt", state)
+    with pytest.raises(ValueError, match="damaged.pt"):
+        load_model(path)
+    with pytest.raises(ValueError, match="damaged.pt"):
+        run_training(_config(tmp_path / "resumed"), resume=path, device="cpu")

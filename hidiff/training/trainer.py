@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import remove_stale_temporaries, save_checkpoint
 from ..config import TrainingConfig
-from ..factory import checkpoint_header, read_checkpoint
+from ..factory import checkpoint_header, read_checkpoint, weights_entry
 from ..losses import discriminative_loss_terms
 from ..models import HiDiff, RefineSettings, prior_from_logits
 from . import distributed
@@ -683,6 +683,22 @@ class Trainer:
                 (:func:`hidiff.factory.read_checkpoint`).
         """
         state = read_checkpoint(path, map_location=self.device, required=RESUME_KEYS)
+        try:
+            self._restore(state, path)
+        except (KeyError, TypeError, AttributeError, IndexError) as error:
+            # A damaged entry (wrong type, a missing inner key): name the file, not only the key.
+            raise ValueError(
+                f"cannot resume from {path}: a corrupted entry ({type(error).__name__}: {error})"
+            ) from error
+        logger.info("resumed %s at %s", path, ", ".join(f"{p} {s}" for p, s in self.steps.items()))
+
+    def _restore(self, state: dict[str, Any], path: str | Path) -> None:
+        """Loads every entry of a checkpoint state (see :meth:`resume`)."""
+        for entry, weights in (("segmentor", state["segmentor"]), ("refiner", state["refiner"])):
+            weights_entry(weights, entry, path)
+        if not isinstance(state["ema"], dict) or "shadow" not in state["ema"]:
+            raise ValueError(f"cannot resume from {path}: its 'ema' entry is corrupted (no 'shadow')")
+        weights_entry(state["ema"]["shadow"], "ema.shadow", path)
         changed = _changed_keys(state["config"], self.config.to_dict())
         if changed:
             logger.warning("resuming %s with a different configuration: %s", path, ", ".join(changed))
@@ -716,7 +732,6 @@ class Trainer:
         self.model.settings = RefineSettings.from_dict(state["sampling"], f"the sampling entry of {path}")
         set_rng_state(state["rng"])
         self.log.restore(self.steps)
-        logger.info("resumed %s at %s", path, ", ".join(f"{p} {s}" for p, s in self.steps.items()))
 
 
 def _changed_keys(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:

@@ -75,6 +75,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _size(text: str) -> int:
+    """argparse type: an image or window side, a positive multiple of 32 (the models' coarsest feature stride)."""
+    from .config import SIZE_MULTIPLE
+
+    value = _positive_int(text)
+    if value % SIZE_MULTIPLE:
+        raise argparse.ArgumentTypeError(f"expected a positive multiple of {SIZE_MULTIPLE}, got {value}")
+    return value
+
+
 def _seed(text: str) -> int:
     """argparse type: a seed in [0, 2^63)."""
     try:
@@ -438,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=_positive_int, default=8)
     evaluate.add_argument(
         "--window",
-        type=_positive_int,
+        type=_size,
         default=None,
         help="sliding-window size (default: the crop size of DRIVE, CHASE_DB1)",
     )
@@ -514,7 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--checkpoint", required=True)
     segment.add_argument("--output-dir", default="masks")
     segment.add_argument(
-        "--image-size", type=_positive_int, default=None, help="model input size (default: the training size)"
+        "--image-size", type=_size, default=None, help="model input size, a multiple of 32 (default: the training size)"
     )
     _add_sampling_arguments(segment)
     segment.set_defaults(handler=_command_segment)
@@ -523,7 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--data", default=None, help="Kvasir-SEG folder (default: the embedded synthetic data)")
     demo.add_argument("--output-dir", default="runs/demo")
     demo.add_argument(
-        "--image-size", type=_positive_int, default=None, help="default: 64 (synthetic) or 128 (Kvasir-SEG)"
+        "--image-size", type=_size, default=None, help="default: 64 (synthetic) or 128 (Kvasir-SEG)"
     )
     demo.add_argument("--pretrain-iterations", type=_positive_int, default=None)
     demo.add_argument("--alternate-iterations", type=_positive_int, default=None)

@@ -89,7 +89,10 @@ import yaml
 
 from .diffusion.modes import FirstStepTerm, ModelPosterior, Parameterization, Sampler
 
-__all__ = ["DataConfig", "DiffusionConfig", "ModelConfig", "OptimConfig", "TrainConfig", "TrainingConfig"]
+#: Image sides the models accept are multiples of this (features at H/4..H/32).
+SIZE_MULTIPLE = 32
+
+__all__ = ["SIZE_MULTIPLE", "DataConfig", "DiffusionConfig", "ModelConfig", "OptimConfig", "TrainConfig", "TrainingConfig"]
 
 
 def _require(condition: bool, message: str) -> None:
@@ -112,8 +115,9 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _require(
-            self.image_size is None or self.image_size > 0,
-            f"data.image_size must be null or > 0, got {self.image_size}",
+            self.image_size is None or (self.image_size > 0 and self.image_size % SIZE_MULTIPLE == 0),
+            f"data.image_size must be null or a positive multiple of {SIZE_MULTIPLE} (the models' deepest features "
+            f"are at 1/{SIZE_MULTIPLE} of the input), got {self.image_size}",
         )
         _require(self.batch_size > 0, f"data.batch_size must be > 0, got {self.batch_size}")
         _require(self.num_workers >= 0, f"data.num_workers must be >= 0, got {self.num_workers}")

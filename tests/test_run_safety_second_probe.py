@@ -274,3 +274,17 @@ def test_corrupted_checkpoint_entries_name_the_file(run_dir, tmp_path, corruptio
         load_model(path)
     with pytest.raises(ValueError, match="damaged.pt"):
         run_training(_config(tmp_path / "resumed"), resume=path, device="cpu")
+
+
+def test_sizes_that_are_not_multiples_of_32_fail_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="data.image_size must be null or a positive multiple of 32"):
+        TrainingConfig.from_dict({"data": {"image_size": 48}})
+    parser = cli.build_parser()
+    for argv in (
+        ["segment", "x.png", "--checkpoint", "c.pt", "--image-size", "50"],
+        ["evaluate", "--checkpoint", "c.pt", "--window", "1000"],
+    ):
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)
+    code = cli.main(["train", "--set", "data.image_size=48", "--set", f"output_dir={tmp_path / 'run'}"])
+    assert code == 2 and not (tmp_path / "run").exists()

@@ -288,3 +288,25 @@ def test_sizes_that_are_not_multiples_of_32_fail_before_any_work(tmp_path):
             parser.parse_args(argv)
     code = cli.main(["train", "--set", "data.image_size=48", "--set", f"output_dir={tmp_path / 'run'}"])
     assert code == 2 and not (tmp_path / "run").exists()
+
+
+def test_a_model_at_32x32_segments_a_single_image():
+    from hidiff.diffusion import BernoulliDiffusion
+    from hidiff.models import BBDM, HiDiff, UNet
+    from hidiff.models.layers import GroupNorm
+
+    torch.manual_seed(0)
+    segmentor = UNet(3, 1, base_channels=4)
+    model = HiDiff(segmentor, BBDM(3, 1, 32, cond_channels=segmentor.feature_channels), BernoulliDiffusion(3)).eval()
+    pair = torch.rand(2, 3, 32, 32)
+    # One image gives what it gives inside a batch (a single-value group normalises to its bias).
+    for frozen in (True, False):
+        alone = model.refine(pair[:1], steps=2, frozen=frozen)
+        together = model.refine(pair, steps=2, frozen=frozen)
+        assert (alone - together[:1]).abs().max() < 1e-5
+    assert model.segment(pair[:1], steps=1).shape == (1, 1, 32, 32)
+    norm = GroupNorm(4, 4)
+    torch.nn.init.normal_(norm.bias)
+    x = torch.randn(1, 4, 1, 1)
+    assert torch.equal(norm(x), norm.bias.view(1, 4, 1, 1).expand_as(x))
+    assert torch.allclose(norm(torch.cat([x, x]))[:1], norm(x))

@@ -23,13 +23,29 @@ from hidiff_kernels.nn import BinaryConv2d, TimeActivation, TimeBinarize
 from hidiff_kernels.ops import time_activation
 
 
-def group_norm(channels: int, max_groups: int = 32) -> nn.GroupNorm:
+class GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` that also accepts groups of a single value (one channel per group on a 1x1 map).
+
+    Such a group normalises to 0 (``x - mean = 0``), so the output is the affine bias; torch computes
+    exactly that for a batch of two or more but refuses a batch of one ("Expected more than 1 value
+    per channel"), which made a model trained at 32x32 fail on a single image (its deepest features
+    are 1x1). Same parameters and ``state_dict`` keys as ``nn.GroupNorm``.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (x.shape[1] // self.num_groups) * math.prod(x.shape[2:]) != 1:
+            return super().forward(x)
+        out = torch.zeros_like(x)
+        return out + self.bias.view(1, -1, *(1,) * (x.dim() - 2)) if self.affine else out
+
+
+def group_norm(channels: int, max_groups: int = 32) -> GroupNorm:
     """GroupNorm with 32 groups, or the largest divisor of ``channels`` that divides 32.
 
     The public code uses 32 groups everywhere; the fallback lets segmentor features of any width
     (e.g. 40 or 24 channels from a timm backbone) be projected.
     """
-    return nn.GroupNorm(math.gcd(max_groups, channels), channels)
+    return GroupNorm(math.gcd(max_groups, channels), channels)
 
 
 def zero_module(module: nn.Module) -> nn.Module:

@@ -31,7 +31,8 @@ OUTPUT_SUFFIXES = ("_mask.png", "_prior.png", "_overlay.png")
 def read_image(path: str | Path, channels: int = 3) -> Tensor:
     """Reads an image file as float32 ``(C, H, W)`` in [0, 1] (RGB for 3 channels, greyscale for 1).
 
-    Pixels are divided by their type's range: 255 for 8-bit images, 65535 for 16-bit ones.
+    Pixels are divided by their type's range: 255 for 8-bit images, 65535 for 16-bit ones; float images (TIFF mode
+    "F") are read as they are and must lie in [0, 1].
     """
     path = Path(path)
     if path.is_dir():
@@ -43,9 +44,10 @@ def read_image(path: str | Path, channels: int = 3) -> Tensor:
     try:
         with Image.open(path) as image:
             pixels = image_array(image, "RGB" if channels == 3 else "L")
-    except OSError as error:
+    except (OSError, ValueError) as error:
         raise ValueError(f"cannot read image {path}: {error}") from error
-    array = pixels.astype(np.float32) / np.iinfo(pixels.dtype).max
+    scale = 1.0 if np.issubdtype(pixels.dtype, np.floating) else np.iinfo(pixels.dtype).max
+    array = pixels.astype(np.float32) / scale
     tensor = torch.from_numpy(array)
     return tensor.permute(2, 0, 1).contiguous() if tensor.dim() == 3 else tensor.unsqueeze(0)
 

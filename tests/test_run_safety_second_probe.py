@@ -310,3 +310,17 @@ def test_a_model_at_32x32_segments_a_single_image():
     x = torch.randn(1, 4, 1, 1)
     assert torch.equal(norm(x), norm.bias.view(1, 4, 1, 1).expand_as(x))
     assert torch.allclose(norm(torch.cat([x, x]))[:1], norm(x))
+
+
+def test_float_tiff_images_keep_their_values_or_are_refused(tmp_path):
+    from hidiff.inference import read_image
+
+    values = np.linspace(0, 1, 20 * 30, dtype=np.float32).reshape(20, 30)
+    path = tmp_path / "float.tif"
+    Image.fromarray(values, mode="F").save(path)
+    image = read_image(path, channels=3)
+    assert image.shape == (3, 20, 30)
+    assert torch.allclose(image[0], torch.from_numpy(values)) and torch.equal(image[0], image[2])
+    Image.fromarray(values * 300, mode="F").save(tmp_path / "hdr.tif")
+    with pytest.raises(ValueError, match=r"hdr.tif.*values in \[0, 300\].*expected finite values in \[0, 1\]"):
+        read_image(tmp_path / "hdr.tif", channels=1)

@@ -74,8 +74,19 @@ def image_array(image: Any, mode: str = "RGB") -> np.ndarray:
 
     Args:
         image: an open ``PIL.Image.Image``.
-        mode: "RGB" -> (H, W, 3) or "L" -> (H, W); uint8, or uint16 for 16-bit greyscale images.
+        mode: "RGB" -> (H, W, 3) or "L" -> (H, W); uint8, uint16 for 16-bit greyscale images, float32 for float
+            images (mode "F", values in [0, 1]; other ranges raise ValueError).
     """
+    if image.mode == "F":
+        # 32-bit float pixels: Pillow's convert() would clip them to 0 or 1 in 8 bits (nearly all black).
+        array = np.asarray(image, dtype=np.float32)
+        low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
+        if not np.isfinite(array).all() or low < 0.0 or high > 1.0:
+            raise ValueError(
+                f"float image with values in [{low:g}, {high:g}]: expected finite values in [0, 1] (scale it, or save "
+                "it as an 8- or 16-bit image)"
+            )
+        return np.repeat(array[:, :, None], 3, axis=2) if mode == "RGB" else array
     if image.mode.startswith("I;16") or image.mode == "I":
         # Mode "I" holds 32-bit ints; Pillow uses it for 16-bit PNGs in some versions.
         array = np.clip(np.asarray(image), 0, np.iinfo(np.uint16).max).astype(np.uint16)

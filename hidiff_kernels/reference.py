@@ -277,6 +277,10 @@ def bernoulli_step(
     Returns:
         float32 tensor of ``y_t``'s shape with values in {0, 1}.
     """
+    for name, value in (("y_t", y_t), ("eps_hat", eps_hat), ("prior", prior)):
+        if bool(torch.isnan(value).any()):
+            message = f"bernoulli_step: {name} holds NaN (a probability must be a number; torch.bernoulli refuses NaN too)"
+            raise ValueError(message)
     mean = bernoulli_mean(y_t.float(), eps_hat.float(), prior.float(), coef.float(), mode)
     uniform = counter_uniform(seed, offset, mean.numel(), mean.device).view(mean.shape)
     return (uniform < mean).to(torch.float32)

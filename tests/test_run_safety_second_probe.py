@@ -324,3 +324,16 @@ def test_float_tiff_images_keep_their_values_or_are_refused(tmp_path):
     Image.fromarray(values * 300, mode="F").save(tmp_path / "hdr.tif")
     with pytest.raises(ValueError, match=r"hdr.tif.*values in \[0, 300\].*expected finite values in \[0, 1\]"):
         read_image(tmp_path / "hdr.tif", channels=1)
+
+
+@pytest.mark.parametrize("argument", ["y_t", "eps_hat", "prior"])
+@pytest.mark.parametrize("implementation", ["op", "reference"])
+def test_bernoulli_step_refuses_nan_like_torch_bernoulli(argument, implementation):
+    import hidiff_kernels
+    from hidiff_kernels import reference
+
+    inputs = {"y_t": torch.ones(2, 1, 4, 4), "eps_hat": torch.full((2, 1, 4, 4), 0.1), "prior": torch.rand(2, 1, 4, 4)}
+    inputs[argument][0, 0, 1, 2] = float("nan")
+    step = hidiff_kernels.bernoulli_step if implementation == "op" else reference.bernoulli_step
+    with pytest.raises(ValueError, match=f"{argument} holds NaN"):
+        step(inputs["y_t"], inputs["eps_hat"], inputs["prior"], torch.full((2, 2), 0.5), "ddim", 0, 0)

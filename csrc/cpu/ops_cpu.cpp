@@ -173,6 +173,7 @@ at::Tensor bernoulli_step_cpu(const at::Tensor& y_t, const at::Tensor& eps_hat, 
                               const at::Tensor& coef, c10::string_view mode, int64_t seed, int64_t offset) {
   const common::BernoulliMode kernel_mode =
       glue::check_bernoulli_step_args(y_t, eps_hat, prior, coef, mode, offset, at::kCPU);
+  glue::check_bernoulli_step_finite(y_t, eps_hat, prior);
   const int64_t N = y_t.size(0);
 
   // Element i of the flattened (row-major) tensor uses counter offset + i, so any memory layout of

@@ -45,4 +45,13 @@ inline common::BernoulliMode check_bernoulli_step_args(const at::Tensor& y_t, co
   return parsed;
 }
 
+// Like torch.bernoulli, a NaN probability is an error, not a silent 0: a NaN in y_t, eps_hat or prior
+// makes the mean NaN, and "uniform < NaN" is false. One read of each input (a few percent of a step).
+inline void check_bernoulli_step_finite(const at::Tensor& y_t, const at::Tensor& eps_hat, const at::Tensor& prior) {
+  for (const auto& [t, name] : {std::pair{&y_t, "y_t"}, std::pair{&eps_hat, "eps_hat"}, std::pair{&prior, "prior"}}) {
+    TORCH_CHECK_VALUE(!t->isnan().any().item<bool>(), "bernoulli_step: ", name,
+                      " holds NaN (a probability must be a number; torch.bernoulli refuses NaN too)");
+  }
+}
+
 }  // namespace hidiff::glue

@@ -265,6 +265,15 @@ def bernoulli_mean(y_t: Tensor, eps_hat: Tensor, prior: Tensor, coef: Tensor, mo
     return theta1 / (theta0 + theta1).clamp_min(POSTERIOR_EPS)
 
 
+def check_no_nan_probabilities(y_t: Tensor, eps_hat: Tensor, prior: Tensor) -> None:
+    """Raises ValueError naming the input that holds NaN: like ``torch.bernoulli``, a NaN probability is an error
+    (its mean would be NaN, and ``uniform < NaN`` would silently draw 0). The C++ op checks the same."""
+    for name, value in (("y_t", y_t), ("eps_hat", eps_hat), ("prior", prior)):
+        if bool(torch.isnan(value).any()):
+            raise ValueError(f"bernoulli_step: {name} holds NaN (a probability must be a number; torch.bernoulli "
+                             "refuses NaN too)")
+
+
 def bernoulli_step(
     y_t: Tensor, eps_hat: Tensor, prior: Tensor, coef: Tensor, mode: str, seed: int, offset: int
 ) -> Tensor:
@@ -277,10 +286,7 @@ def bernoulli_step(
     Returns:
         float32 tensor of ``y_t``'s shape with values in {0, 1}.
     """
-    for name, value in (("y_t", y_t), ("eps_hat", eps_hat), ("prior", prior)):
-        if bool(torch.isnan(value).any()):
-            message = f"bernoulli_step: {name} holds NaN (a probability must be a number; torch.bernoulli refuses NaN too)"
-            raise ValueError(message)
+    check_no_nan_probabilities(y_t, eps_hat, prior)
     mean = bernoulli_mean(y_t.float(), eps_hat.float(), prior.float(), coef.float(), mode)
     uniform = counter_uniform(seed, offset, mean.numel(), mean.device).view(mean.shape)
     return (uniform < mean).to(torch.float32)

@@ -325,14 +325,19 @@ def test_bernoulli_step(launch, device, mode, shape):
 
 
 def test_bernoulli_step_saturated_and_nan_means(launch, device):
-    # Priors of exactly 0 and 1 drive the posterior to 0/0 (guarded), NaN inputs never draw a 1.
+    # Priors of exactly 0 and 1 drive the posterior to 0/0 (guarded); a NaN input is an error, as in the reference.
     y_t = torch.tensor([[0.0, 1.0, 1.0, 0.0, 1.0, 0.0]])
-    eps_hat = torch.tensor([[0.0, 0.0, 1.0, 1.0, float("nan"), 0.5]])
-    prior = torch.tensor([[0.0, 1.0, 0.0, 1.0, 0.5, float("nan")]])
+    eps_hat = torch.tensor([[0.0, 0.0, 1.0, 1.0, 0.5, 0.5]])
+    prior = torch.tensor([[0.0, 1.0, 0.0, 1.0, 0.5, 0.5]])
     for mode, coef in (("posterior", torch.tensor([[1.0, 1.0]])), ("ddim", torch.tensor([[0.3, 0.9]]))):
         for seed in (0, 5):
             out = launch.bernoulli_step(*on(device, y_t, eps_hat, prior, coef), mode, seed, 0)
             assert_same(out, reference.bernoulli_step(y_t, eps_hat, prior, coef, mode, seed, 0))
+    for name, value in (("eps_hat", eps_hat.clone()), ("prior", prior.clone())):
+        value[0, 4] = float("nan")
+        inputs = {"eps_hat": eps_hat, "prior": prior, name: value}
+        with pytest.raises(ValueError, match=f"{name} holds NaN"):
+            launch.bernoulli_step(*on(device, y_t, inputs["eps_hat"], inputs["prior"], coef), "ddim", 0, 0)
 
 
 def test_bernoulli_step_strided_inputs(launch, device):

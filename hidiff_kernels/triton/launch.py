@@ -284,6 +284,7 @@ def bernoulli_step(
         float32 tensor of y_t's shape, values in {0, 1}, contiguous.
     """
     ops.check_bernoulli_step_args(y_t, eps_hat, prior, coef, mode, seed, offset)
+    reference.check_no_nan_probabilities(y_t, eps_hat, prior)
     y, e, p, c = (t.contiguous() for t in (y_t, eps_hat, prior, coef))
     out = torch.empty(y_t.shape, dtype=torch.float32, device=y_t.device)
     numel = out.numel()

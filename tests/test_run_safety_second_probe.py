@@ -337,3 +337,35 @@ def test_bernoulli_step_refuses_nan_like_torch_bernoulli(argument, implementatio
     step = hidiff_kernels.bernoulli_step if implementation == "op" else reference.bernoulli_step
     with pytest.raises(ValueError, match=f"{argument} holds NaN"):
         step(inputs["y_t"], inputs["eps_hat"], inputs["prior"], torch.full((2, 2), 0.5), "ddim", 0, 0)
+
+
+MEMORY_PROBE = """
+import os, torch, hidiff_kernels as hk
+def rss():
+    return int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
+torch.set_num_threads(1)
+w = hk.pack_weight(torch.randn(32, 32, 1, 1))
+base = peak = rss()
+for width in range(256, 352):  # outputs of 8 to 11 MiB, each width once
+    y = hk.binary_conv2d(hk.binarize_pack(torch.randn(1, 32, 256, width), None), w, 32)
+    del y
+    peak = max(peak, rss())
+hk.clear_output_cache()
+print(peak - base, rss() - base)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc to read the resident set size")
+def test_output_cache_bounds_the_footprint_and_returns_memory_on_clear():
+    import subprocess
+    import sys
+
+    import hidiff_kernels
+
+    if not hidiff_kernels.COMPILED:
+        pytest.skip("the output cache belongs to the compiled extension")
+    result = subprocess.run([sys.executable, "-c", MEMORY_PROBE], capture_output=True, text=True, check=True)
+    growth, after_clear = (float(v) for v in result.stdout.split())
+    # At most the 512 MiB cache plus a few live outputs and the inputs; nearly everything back after clear.
+    assert growth < 512 + 128, growth
+    assert after_clear < 64, after_clear

@@ -129,6 +129,14 @@ def _writable_dir(path: str, what: str) -> None:
             break
 
 
+def _add_checkpoint_and_data_arguments(parser: argparse.ArgumentParser, split_help: str) -> None:
+    """--checkpoint, --split (default val), --data-root and --batch-size of the commands that read a split."""
+    parser.add_argument("--checkpoint", required=True, help="trainer checkpoint (best.pt or latest.pt)")
+    parser.add_argument("--split", default="val", help=split_help)
+    parser.add_argument("--data-root", default=None, help="dataset folder (default: the one in the checkpoint)")
+    parser.add_argument("--batch-size", type=_positive_int, default=8)
+
+
 def _add_sampling_arguments(parser: argparse.ArgumentParser, ensemble: bool = True) -> None:
     parser.add_argument(
         "--steps",
@@ -471,10 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the setting with the best Dice, or refinement off when none beats the segmentor, as the checkpoint's "
         "default (what model.segment(x), evaluate and segment use). Training does this at its end.",
     )
-    select.add_argument("--checkpoint", required=True, help="trainer checkpoint (best.pt or latest.pt)")
-    select.add_argument("--split", default="val", help="dataset split to choose on (default: val; never the test)")
-    select.add_argument("--data-root", default=None, help="dataset folder (default: the one in the checkpoint)")
-    select.add_argument("--batch-size", type=_positive_int, default=8)
+    _add_checkpoint_and_data_arguments(select, "dataset split to choose on (default: val; never the test)")
     select.add_argument(
         "--grid-steps",
         type=int,
@@ -502,10 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Bayes denoiser, Dice of y_t and of y0_hat; per sampler step: Dice of the chain state and the fraction "
         "flipped. Writes diagnostics.json/.md, reliability.png and chain.png.",
     )
-    diagnose.add_argument("--checkpoint", required=True, help="trainer checkpoint (best.pt or latest.pt)")
-    diagnose.add_argument("--split", default="val", help="dataset split (default: val)")
-    diagnose.add_argument("--data-root", default=None, help="dataset folder (default: the one in the checkpoint)")
-    diagnose.add_argument("--batch-size", type=_positive_int, default=8)
+    _add_checkpoint_and_data_arguments(diagnose, "dataset split (default: val)")
     diagnose.add_argument("--max-images", type=_positive_int, default=None, help="measure only the first N images")
     diagnose.add_argument(
         "--output-dir", default=None, help="where the figures and tables go (default: beside the checkpoint)"

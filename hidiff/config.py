@@ -92,7 +92,15 @@ from .diffusion.modes import FirstStepTerm, ModelPosterior, Parameterization, Sa
 #: Image sides the models accept are multiples of this (features at H/4..H/32).
 SIZE_MULTIPLE = 32
 
-__all__ = ["SIZE_MULTIPLE", "DataConfig", "DiffusionConfig", "ModelConfig", "OptimConfig", "TrainConfig", "TrainingConfig"]
+__all__ = [
+    "SIZE_MULTIPLE",
+    "DataConfig",
+    "DiffusionConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "TrainingConfig",
+]
 
 
 def _require(condition: bool, message: str) -> None:

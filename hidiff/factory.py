@@ -246,7 +246,8 @@ def weights_entry(value: Any, entry: str, checkpoint: str | Path) -> dict[str, T
 def _entry_config(state: dict[str, Any], checkpoint: str | Path) -> TrainingConfig:
     """The checkpoint's configuration, or a ValueError naming the file."""
     if not isinstance(state["config"], dict):
-        raise ValueError(f"checkpoint {checkpoint}: its 'config' entry is a {type(state['config']).__name__}, not a dict")
+        kind = type(state["config"]).__name__
+        raise ValueError(f"checkpoint {checkpoint}: its 'config' entry is a {kind}, not a dict")
     try:
         return TrainingConfig.from_dict(state["config"])
     except (TypeError, ValueError) as error:

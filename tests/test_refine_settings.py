@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from test_data import write_cvc, write_synapse
+from tiny_runs import tiny_config
 
 from hidiff import cli, selection
 from hidiff.checkpoint import load_checkpoint, save_checkpoint
@@ -18,19 +19,15 @@ from hidiff.factory import CHECKPOINT_FORMAT_VERSION, build_model, load_model, s
 from hidiff.models import BBDM, STORED, HiDiff, RefineSettings, UNet
 from hidiff.selection import format_selection, select_settings, store_settings
 
-TINY = {
-    "data": {"name": "synthetic", "image_size": 32, "batch_size": 2, "num_workers": 0, "kwargs": {"length": 4}},
-    "model": {"segmentor_kwargs": {"base_channels": 4}, "refiner_channels": 32},
-    "diffusion": {"num_steps": 4, "sample_steps": 2, "ensemble": 3},
-    "train": {
+TINY = tiny_config(
+    diffusion={"sample_steps": 2, "ensemble": 3},
+    train={
         "pretrain_iterations": 2,
         "alternate_iterations": 2,
-        "eval_interval": 0,
-        "checkpoint_interval": 0,
         "selection_steps": [1, None],
         "selection_ensembles": [1, 2],
     },
-}
+)
 
 
 def _model() -> HiDiff:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_runs import tiny_config
 
 from hidiff import cli
 from hidiff.checkpoint import save_checkpoint
@@ -18,18 +19,7 @@ from hidiff.inference import segment_files
 from hidiff.models import RefineSettings
 from hidiff.training import run_training
 
-TINY = {
-    "data": {"name": "synthetic", "image_size": 32, "batch_size": 2, "num_workers": 0, "kwargs": {"length": 4}},
-    "model": {"segmentor_kwargs": {"base_channels": 4}, "refiner_channels": 32},
-    "diffusion": {"num_steps": 4},
-    "train": {
-        "pretrain_iterations": 1,
-        "alternate_iterations": 1,
-        "eval_interval": 0,
-        "checkpoint_interval": 0,
-        "select_sampling": False,
-    },
-}
+TINY = tiny_config(train={"select_sampling": False})
 
 
 def _config(output_dir, **data) -> TrainingConfig:

@@ -128,6 +128,11 @@ class DataConfig:
             f"are at 1/{SIZE_MULTIPLE} of the input), got {self.image_size}",
         )
         _require(self.batch_size > 0, f"data.batch_size must be > 0, got {self.batch_size}")
+        _require(
+            not (self.batch_size == 1 and self.image_size == SIZE_MULTIPLE),
+            f"data.batch_size 1 at data.image_size {SIZE_MULTIPLE}: the deepest features are 1x1, and BatchNorm in "
+            "training needs more than one value per channel; use batch_size >= 2 or image_size >= 64",
+        )
         _require(self.num_workers >= 0, f"data.num_workers must be >= 0, got {self.num_workers}")
 
     def dataset_kwargs(self) -> dict[str, Any]:

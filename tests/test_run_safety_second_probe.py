@@ -359,3 +359,9 @@ def test_output_cache_bounds_the_footprint_and_returns_memory_on_clear():
     # At most the 512 MiB cache plus a few live outputs and the inputs; nearly everything back after clear.
     assert growth < 512 + 128, growth
     assert after_clear < 64, after_clear
+
+
+def test_training_at_batch_1_on_1x1_deepest_features_is_refused_when_configured():
+    with pytest.raises(ValueError, match="data.batch_size 1 at data.image_size 32"):
+        TrainingConfig.from_dict({"data": {"batch_size": 1, "image_size": 32}})
+    assert TrainingConfig.from_dict({"data": {"batch_size": 1, "image_size": 64}}).data.batch_size == 1

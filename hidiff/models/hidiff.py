@@ -38,6 +38,20 @@ STORED: Any = _Stored()
 SAMPLING_ARGUMENTS = frozenset({"steps", "samples", "sampler", "seed", "frozen"})
 
 
+#: Elements per tensor that the frozen refiner's fingerprint reads (all of smaller tensors).
+FINGERPRINT_SAMPLES = 1024
+
+
+def _sampled_elements(tensor: Tensor) -> Tensor:
+    """Up to :data:`FINGERPRINT_SAMPLES` evenly spaced elements of `tensor`: a view sharing its storage when it is
+    contiguous (later writes show through), else the tensor itself (flattened, read whole, at each use)."""
+    detached = tensor.detach()
+    if not detached.is_contiguous():
+        return detached
+    flat = detached.view(-1)
+    return flat[:: max(1, flat.numel() // FINGERPRINT_SAMPLES)]
+
+
 def _is_plain(value: object) -> bool:
     """A bool, number, string or None, or a tuple of them (what a module's setting attributes hold)."""
     if isinstance(value, tuple):
@@ -45,10 +59,17 @@ def _is_plain(value: object) -> bool:
     return value is None or isinstance(value, bool | int | float | str)
 
 
+_PLAIN_TYPES = frozenset({bool, int, float, str, type(None)})
+
+
 def _plain_settings(module: nn.Module) -> tuple:
-    """A module's type, training flag and public plain-valued attributes, sorted by name."""
-    attributes = sorted((k, v) for k, v in vars(module).items() if not k.startswith("_") and _is_plain(v))
-    return (type(module).__name__, *attributes)
+    """A module's type, training flag and public plain-valued attributes (in the order they were set)."""
+    plain = [
+        (k, v)
+        for k, v in vars(module).items()
+        if k[0] != "_" and (type(v) in _PLAIN_TYPES or (type(v) is tuple and _is_plain(v)))
+    ]
+    return (type(module), *plain)
 
 
 class HiDiff(nn.Module):
@@ -101,6 +122,9 @@ class HiDiff(nn.Module):
         # attribute, not a submodule (no state_dict entries; moved by refreezing).
         self._frozen_cache: dict[tuple[int, ...], FrozenBBDM] = {}
         self._frozen_from: tuple | None = None
+        # Views of a few elements of each refiner tensor (the fingerprint's contents), per storage layout.
+        self._sample_layout: tuple | None = None
+        self._sample_views: list[Tensor] = []
         self.settings = RefineSettings()
 
     @property
@@ -198,26 +222,42 @@ class HiDiff(nn.Module):
     def _refiner_state(self) -> tuple:
         """A fingerprint of everything the frozen form is derived from.
 
-        Per tensor (parameters and buffers): storage, device, shape, version counter and its contents
-        (the float64 sum and absolute sum), so that writes the version counter does not see
-        (``.data`` writes, numpy views, a ``.data =`` swap that reuses the freed storage, tensors made
-        under ``torch.inference_mode``) are seen too; per module: its training flag and its public
-        plain-valued attributes (BatchNorm ``eps``, ``prior_flip_rates``, ...). Reading the sums costs
-        one pass over the weights per refinement.
+        Per tensor (parameters and buffers): storage, device, shape and version counter, and a copy of
+        up to :data:`FINGERPRINT_SAMPLES` evenly spaced elements of it, read through views that
+        share the tensor's storage, so that writes the version counter does not see (``.data``
+        writes, numpy views, tensors made under ``torch.inference_mode``) are seen too; per module:
+        its training flag and its public plain-valued attributes (BatchNorm ``eps``,
+        ``prior_flip_rates``, ...). The views are built once per storage layout; a call then costs
+        one gather of the sampled elements (whole-tensor writes always change some of them; a write
+        to a single unsampled element of a large weight is not seen).
         """
+        # One walk over the modules collects both the tensors and the settings (the recursive
+        # parameters()/buffers() generators cost more than the fingerprint itself).
+        tensors: list[Tensor] = []
+        settings = []
+        for module in self.refiner.modules():
+            tensors += [t for t in (*module._parameters.values(), *module._buffers.values()) if t is not None]
+            settings.append(_plain_settings(module))
+        layout = tuple(
+            (t.data_ptr(), t.device, tuple(t.shape), 0 if t.is_inference() else t._version) for t in tensors
+        )
+        if layout != self._sample_layout:
+            self._sample_views = [_sampled_elements(t) for t in tensors]
+            self._sample_layout = layout
         with torch.no_grad():
-            tensors = [*self.refiner.parameters(), *self.refiner.buffers()]
-            layout = tuple(
-                (t.data_ptr(), t.device, tuple(t.shape), 0 if t.is_inference() else t._version) for t in tensors
-            )
-            contents = (
-                tuple(torch.stack([t.detach().sum(dtype=torch.float64) for t in tensors]).tolist())
-                + tuple(torch.stack([t.detach().abs().sum(dtype=torch.float64) for t in tensors]).tolist())
-                if tensors
-                else ()
-            )
-        settings = tuple((name, _plain_settings(module)) for name, module in self.refiner.named_modules())
-        return layout, contents, settings
+            views = [
+                v if v.dim() == 1 and v.dtype == torch.float32 else v.reshape(-1).float() for v in self._sample_views
+            ]
+            contents = torch.cat(views) if views else torch.empty(0)
+        return layout, contents, tuple(settings)
+
+    def _state_changed(self, state: tuple) -> bool:
+        """Whether `state` (of :meth:`_refiner_state`) differs from the one the cached frozen refiners came from."""
+        if self._frozen_from is None:
+            return True
+        layout, contents, settings = state
+        old_layout, old_contents, old_settings = self._frozen_from
+        return layout != old_layout or settings != old_settings or not torch.equal(contents, old_contents)
 
     def frozen_refiner(self, steps: int | None = None) -> FrozenBBDM:
         """The frozen refiner for ``steps`` sampler steps, frozen once and reused.
@@ -232,7 +272,7 @@ class HiDiff(nn.Module):
         if not isinstance(self.refiner, BBDM):
             raise TypeError(f"only a BBDM refiner can be frozen, this one is a {type(self.refiner).__name__}")
         state = self._refiner_state()
-        if state != self._frozen_from:
+        if self._state_changed(state):
             self._frozen_cache.clear()
             self._frozen_from = state
         timesteps = tuple(self.diffusion.timesteps(steps))

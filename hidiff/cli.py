@@ -106,6 +106,12 @@ def _existing_file(path: str | None, what: str) -> None:
         raise FileNotFoundError(f"{what} {path} does not exist")
 
 
+def _existing_dir(path: str | None, what: str) -> None:
+    """Raises NotADirectoryError naming `what` unless `path` is None or a directory."""
+    if path is not None and not Path(path).is_dir():
+        raise NotADirectoryError(f"{what} {path} is not a directory")
+
+
 def _writable_file(path: str | None, what: str) -> None:
     """Raises IsADirectoryError / NotADirectoryError naming `what` when `path` cannot be written as a file."""
     if path is None:
@@ -198,8 +204,6 @@ def _evaluation_dataset(args: argparse.Namespace, model, config):
     """
     from .data import build_dataset
 
-    if args.data_root is not None and not Path(args.data_root).is_dir():
-        raise NotADirectoryError(f"--data-root {args.data_root} is not a directory")
     name = getattr(args, "dataset", None) or config.data.name
     if name == config.data.name:
         root = args.data_root if args.data_root is not None else config.data.root
@@ -237,8 +241,7 @@ def _command_evaluate(args: argparse.Namespace) -> int:
 
     _existing_file(args.checkpoint, "--checkpoint")
     _writable_file(args.output, "--output")
-    if args.data_root is not None and not Path(args.data_root).is_dir():
-        raise NotADirectoryError(f"--data-root {args.data_root} is not a directory")
+    _existing_dir(args.data_root, "--data-root")
     model, config = load_model(args.checkpoint, use_ema=not args.no_ema, device=args.device)
     dataset = _evaluation_dataset(args, model, config)
     name = args.dataset or config.data.name
@@ -287,8 +290,8 @@ def _command_select(args: argparse.Namespace) -> int:
     from .selection import format_selection, select_settings, store_settings
 
     _existing_file(args.checkpoint, "--checkpoint")
+    _existing_dir(args.data_root, "--data-root")
     model, config = load_model(args.checkpoint, use_ema=not args.no_ema, device=args.device)
-    args.dataset = None
     dataset = _evaluation_dataset(args, model, config)
     chosen = select_settings(
         model,

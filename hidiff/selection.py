@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,18 +31,8 @@ DEFAULT_STEPS: tuple[int | None, ...] = (1, 2, 5, None)
 DEFAULT_ENSEMBLES: tuple[int, ...] = (1, 4, 16)
 
 
-@dataclass(frozen=True)
-class _Candidate:
-    steps: int | None
-    samples: int
-
-    @property
-    def cost(self) -> int:
-        return (self.steps or 10**6) * self.samples
-
-
-def _candidates(model: HiDiff, steps: Sequence[int | None], ensembles: Sequence[int]) -> list[_Candidate]:
-    """The grid without duplicates: step counts of T or more are all T (None)."""
+def _step_counts(model: HiDiff, steps: Sequence[int | None], ensembles: Sequence[int]) -> list[tuple[int | None, int]]:
+    """The grid ``(steps, samples)`` without duplicates: step counts of T or more are all T (None)."""
     num_steps = model.diffusion.num_steps
     for value in steps:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -54,7 +43,7 @@ def _candidates(model: HiDiff, steps: Sequence[int | None], ensembles: Sequence[
     if not steps or not ensembles:
         raise ValueError("steps and ensembles must each hold at least one value")
     resolved = sorted({None if s is None or s >= num_steps else s for s in steps}, key=lambda s: s or num_steps)
-    return [_Candidate(s, k) for s in resolved for k in sorted(set(ensembles))]
+    return [(s, k) for s in resolved for k in sorted(set(ensembles))]
 
 
 @torch.no_grad()
@@ -95,21 +84,22 @@ def select_settings(
     """
     current = model.settings
     sampler = current.sampler if sampler is None else sampler
-    candidates = _candidates(model, steps, ensembles)
+    trials = [
+        RefineSettings(steps=s, samples=k, sampler=sampler, seed=seed, frozen=current.frozen)
+        for s, k in _step_counts(model, steps, ensembles)
+    ]
     table: list[dict] = []
     segmentor_dice = float("nan")
     num_images = 0
-    for candidate in tqdm(candidates, desc="select settings", unit="setting", disable=not progress):
-        trial = RefineSettings(
-            steps=candidate.steps, samples=candidate.samples, sampler=sampler, seed=seed, frozen=current.frozen
-        )
+    for trial in tqdm(trials, desc="select settings", unit="setting", disable=not progress):
         result = evaluate(
             model, dataset, settings=trial, batch_size=batch_size, window=window, device=device, progress=False
         )
         segmentor_dice, num_images = float(result.segmentor["dice"]), result.num_images
-        table.append({"steps": candidate.steps, "samples": candidate.samples, "dice": float(result.refined["dice"])})
-        logger.debug("steps %s, samples %d: Dice %.4f", candidate.steps, candidate.samples, table[-1]["dice"])
-    best_index = max(range(len(table)), key=lambda i: (table[i]["dice"], -candidates[i].cost))
+        table.append({"steps": trial.steps, "samples": trial.samples, "dice": float(result.refined["dice"])})
+        logger.debug("steps %s, samples %d: Dice %.4f", trial.steps, trial.samples, table[-1]["dice"])
+    # Ties go to the cheaper setting (RefineSettings.cost: refiner passes per image).
+    best_index = max(range(len(table)), key=lambda i: (table[i]["dice"], -trials[i].cost))
     best = table[best_index]
     refine = best["dice"] > segmentor_dice
     report = {

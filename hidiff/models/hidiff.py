@@ -52,24 +52,19 @@ def _sampled_elements(tensor: Tensor) -> Tensor:
     return flat[:: max(1, flat.numel() // FINGERPRINT_SAMPLES)]
 
 
+_PLAIN_TYPES = frozenset({bool, int, float, str, type(None)})
+
+
 def _is_plain(value: object) -> bool:
     """A bool, number, string or None, or a tuple of them (what a module's setting attributes hold)."""
-    if isinstance(value, tuple):
+    if type(value) is tuple:
         return all(_is_plain(item) for item in value)
-    return value is None or isinstance(value, bool | int | float | str)
-
-
-_PLAIN_TYPES = frozenset({bool, int, float, str, type(None)})
+    return type(value) in _PLAIN_TYPES
 
 
 def _plain_settings(module: nn.Module) -> tuple:
     """A module's type, training flag and public plain-valued attributes (in the order they were set)."""
-    plain = [
-        (k, v)
-        for k, v in vars(module).items()
-        if k[0] != "_" and (type(v) in _PLAIN_TYPES or (type(v) is tuple and _is_plain(v)))
-    ]
-    return (type(module), *plain)
+    return (type(module), *((k, v) for k, v in vars(module).items() if k[0] != "_" and _is_plain(v)))
 
 
 class HiDiff(nn.Module):
